@@ -1,0 +1,70 @@
+"""Torch data sets over stored point clouds: random draws for training, fixed draws for embedding."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from cellrep_core.models.config import ModelConfig
+from cellrep_core.pointclouds.punctate import training_sample
+from cellrep_core.pointclouds.sdf import query_grid
+
+
+@dataclass
+class CloudItem:
+    """One cell's stored cloud: dense punctate points ``[n, 4]`` or surface points ``[n, 3]`` + SDF grid."""
+
+    cell_id: str
+    points: np.ndarray
+    sdf: np.ndarray | None = None
+
+
+def cell_seed(cell_id: str, seed: int = 0) -> int:
+    """Stable per-cell seed (independent of batch order and process)."""
+    return zlib.crc32(f"{seed}:{cell_id}".encode())
+
+
+def fixed_points(item: CloudItem, cfg: ModelConfig) -> np.ndarray:
+    """The deterministic input draw used to embed a cell."""
+    rng = np.random.default_rng(cell_seed(item.cell_id, cfg.seed))
+    return _draw_points(item, cfg, rng, noise=False)
+
+
+def _draw_points(item: CloudItem, cfg: ModelConfig, rng: np.random.Generator, noise: bool) -> np.ndarray:
+    if cfg.kind == "punctate":
+        return training_sample(item.points, cfg.n_points, rng)
+    n = item.points.shape[0]
+    idx = rng.choice(n, size=cfg.n_points, replace=n < cfg.n_points)
+    pts = item.points[idx].astype(np.float32)
+    if noise and cfg.surface_noise > 0:
+        pts = pts + rng.normal(0.0, cfg.surface_noise, pts.shape).astype(np.float32)
+    return pts
+
+
+class CloudDataset(Dataset):
+    """Items for training (fresh random draws) or evaluation (fixed draws per cell)."""
+
+    def __init__(self, items: list[CloudItem], cfg: ModelConfig, train: bool, seed: int = 0) -> None:
+        self.items, self.cfg, self.train = items, cfg, train
+        self.rng = np.random.default_rng(seed)
+        self.grid = None
+        if cfg.kind == "sdf":
+            self.grid = query_grid(round(len(items[0].sdf) ** (1 / 3))) if items else None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        item = self.items[i]
+        rng = self.rng if self.train else np.random.default_rng(cell_seed(item.cell_id, self.cfg.seed))
+        out = {"points": torch.from_numpy(_draw_points(item, self.cfg, rng, noise=self.train))}
+        if self.cfg.kind == "sdf":
+            m = len(item.sdf)
+            q = rng.choice(m, size=min(self.cfg.n_query, m), replace=False)
+            out["query"] = torch.from_numpy(self.grid[q])
+            out["sdf"] = torch.from_numpy(item.sdf[q].astype(np.float32))
+        return out

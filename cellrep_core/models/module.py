@@ -1,0 +1,64 @@
+"""The rotation-invariant point-cloud autoencoder as a Lightning module."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from cellrep_core.models.config import ModelConfig
+from cellrep_core.models.decoders import FoldingNetDecoder, ImplicitSDFDecoder
+from cellrep_core.models.losses import chamfer_distance, sdf_l1
+from cellrep_core.models.vn import VNDGCNNEncoder
+
+
+class PointCloudAutoencoder(L.LightningModule):
+    """VN-DGCNN encoder with a FoldingNet (punctate) or implicit SDF (polymorphic) decoder."""
+
+    def __init__(self, config: dict) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg = cfg = ModelConfig(**config)
+        self.encoder = VNDGCNNEncoder(
+            latent_dim=cfg.latent_dim,
+            hidden=cfg.hidden,
+            n_layers=cfg.n_layers,
+            k=cfg.k,
+            intensity=cfg.kind == "punctate",
+            chunk_points=cfg.chunk_points,
+            checkpointing=cfg.checkpointing,
+        )
+        if cfg.kind == "punctate":
+            self.decoder = FoldingNetDecoder(cfg.latent_dim, cfg.decoder_hidden, out_dim=4, template=cfg.template)
+        else:
+            self.decoder = ImplicitSDFDecoder(cfg.latent_dim, cfg.decoder_hidden)
+
+    def forward(self, points: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Encode ``[B, N, D]`` points into vectors, rotation and invariant code ``z``."""
+        return self.encoder(points)
+
+    def decode_points(self, enc: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Decode a punctate cloud and rotate it back from the canonical frame into the input frame."""
+        y = self.decoder(enc["z"])
+        xyz = y[..., :3] @ enc["rotation"].transpose(1, 2)
+        return torch.cat([xyz, y[..., 3:]], dim=-1)
+
+    def per_item_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Reconstruction loss of each item of a batch."""
+        enc = self.encoder(batch["points"])
+        if self.cfg.kind == "punctate":
+            return chamfer_distance(self.decode_points(enc), batch["points"])
+        pred = self.decoder(enc["vectors"], batch["query"])
+        return sdf_l1(pred, batch["sdf"], self.cfg.sdf_clip)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.per_item_loss(batch).mean()
+        self.log("train_loss", loss, prog_bar=False, batch_size=batch["points"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.per_item_loss(batch).mean()
+        self.log("val_loss", loss, prog_bar=False, batch_size=batch["points"].shape[0])
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.cfg.lr)

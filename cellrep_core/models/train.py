@@ -1,0 +1,182 @@
+"""Training entry point, checkpoints with their config and lineage, loading and embedding."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader
+
+from cellrep_core.models.config import ModelConfig
+from cellrep_core.models.data import CloudDataset, CloudItem, fixed_points
+from cellrep_core.models.module import PointCloudAutoencoder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainedModel:
+    """A trained model on disk: its version, folder and what training measured."""
+
+    name: str
+    version: str
+    path: Path
+    config: ModelConfig
+    metrics: dict = field(default_factory=dict)
+    reused: bool = False
+
+
+def data_hash(items: list[CloudItem]) -> str:
+    """Hash of the training cells (ids and point values), part of a model version."""
+    h = hashlib.sha256()
+    for it in sorted(items, key=lambda x: x.cell_id):
+        h.update(it.cell_id.encode())
+        h.update(np.ascontiguousarray(it.points, dtype=np.float32).tobytes())
+    return h.hexdigest()[:12]
+
+
+def model_version(cfg: ModelConfig, dhash: str, parent: str | None = None) -> str:
+    """Deterministic version from config, data and parent version: the same inputs give the same version."""
+    key = json.dumps({"cfg": cfg.digest(), "data": dhash, "parent": parent}, sort_keys=True)
+    return f"{cfg.name}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+
+
+def device_accelerator() -> str:
+    """``gpu`` when CUDA is available, ``cpu`` otherwise."""
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def split_items(items: list[CloudItem], val_fraction: float, seed: int) -> tuple[list, list]:
+    """Deterministic train/validation split by cell id."""
+    order = sorted(items, key=lambda x: x.cell_id)
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(order))
+    n_val = max(1, int(round(val_fraction * len(order)))) if len(order) > 2 else 0
+    val = [order[i] for i in perm[:n_val]]
+    train = [order[i] for i in perm[n_val:]]
+    return train, val
+
+
+def train_model(
+    cfg: ModelConfig,
+    items: list[CloudItem],
+    models_root: Path,
+    parent: TrainedModel | None = None,
+    lineage: dict | None = None,
+    force: bool = False,
+) -> TrainedModel:
+    """Train (or warm-start from ``parent``) and save weights, config and lineage under
+    ``models_root/<name>/<version>/``; an existing identical version is reused unless ``force``."""
+    if len(items) < 4:
+        raise ValueError(f"model {cfg.name}: need at least 4 cells to train, got {len(items)}")
+    dhash = data_hash(items)
+    version = model_version(cfg, dhash, parent.version if parent else None)
+    out = Path(models_root) / cfg.name / version
+    if (out / "model.pt").exists() and not force:
+        meta = json.loads((out / "lineage.json").read_text())
+        return TrainedModel(cfg.name, version, out, cfg, meta.get("metrics", {}), reused=True)
+    out.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    model = PointCloudAutoencoder(cfg.model_dump())
+    if parent is not None:
+        model.load_state_dict(load_model(parent.path).state_dict())
+    train, val = split_items(items, cfg.val_fraction, cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    train_dl = DataLoader(
+        CloudDataset(train, cfg, train=True, seed=cfg.seed),
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        generator=gen,
+        drop_last=len(train) > cfg.batch_size,
+    )
+    val_dl = DataLoader(CloudDataset(val, cfg, train=False), batch_size=cfg.batch_size) if val else None
+    ckpt = ModelCheckpoint(dirpath=out, filename="best", monitor="val_loss", save_top_k=1) if val else None
+    callbacks = [ckpt, EarlyStopping(monitor="val_loss", patience=cfg.patience)] if val else []
+    cuda = torch.cuda.is_available()
+    trainer = L.Trainer(
+        max_epochs=cfg.max_epochs,
+        accelerator=device_accelerator(),
+        devices=1,
+        precision="16-mixed" if cuda else "32-true",
+        callbacks=callbacks,
+        logger=CSVLogger(out, name="logs", version=""),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+    )
+    t0 = time.perf_counter()
+    trainer.fit(model, train_dl, val_dl)
+    seconds = time.perf_counter() - t0
+    if ckpt is not None and ckpt.best_model_path:
+        model = PointCloudAutoencoder.load_from_checkpoint(ckpt.best_model_path, map_location="cpu")
+        Path(ckpt.best_model_path).unlink()
+    model = model.cpu().eval()
+    torch.save(model.state_dict(), out / "model.pt")
+    (out / "config.json").write_text(cfg.model_dump_json(indent=2))
+    metrics = {
+        "train_seconds": seconds,
+        "epochs": trainer.current_epoch,
+        "best_val_loss": float(ckpt.best_model_score) if ckpt is not None and ckpt.best_model_score else None,
+        "n_train": len(train),
+        "n_val": len(val),
+        "samples_per_s": len(train) * max(trainer.current_epoch, 1) / seconds if seconds > 0 else None,
+        "device": device_accelerator(),
+    }
+    meta = {
+        "name": cfg.name,
+        "version": version,
+        "parent_version": parent.version if parent else None,
+        "data_hash": dhash,
+        "config_digest": cfg.digest(),
+        "train_cells": sorted(it.cell_id for it in train),
+        "val_cells": sorted(it.cell_id for it in val),
+        "metrics": metrics,
+        **(lineage or {}),
+    }
+    (out / "lineage.json").write_text(json.dumps(meta, indent=2))
+    log.info("trained %s in %.1fs", version, seconds)
+    return TrainedModel(cfg.name, version, out, cfg, metrics)
+
+
+def load_model(path: Path) -> PointCloudAutoencoder:
+    """Rebuild a model from ``config.json`` and ``model.pt`` in a version folder."""
+    path = Path(path)
+    cfg = ModelConfig.model_validate_json((path / "config.json").read_text())
+    model = PointCloudAutoencoder(cfg.model_dump())
+    model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def read_lineage(path: Path) -> dict:
+    """Lineage and training metrics stored beside a checkpoint."""
+    return json.loads((Path(path) / "lineage.json").read_text())
+
+
+@torch.no_grad()
+def embed_points(model: PointCloudAutoencoder, points: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Invariant codes ``[n, L]`` of already-drawn inputs ``[n, N, D]``."""
+    model.eval()
+    dev = next(model.parameters()).device
+    out = []
+    for s in range(0, len(points), batch_size):
+        x = torch.as_tensor(points[s : s + batch_size], dtype=torch.float32, device=dev)
+        out.append(model(x)["z"].float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.cfg.latent_dim), np.float32)
+
+
+def embed_items(model: PointCloudAutoencoder, items: list[CloudItem], batch_size: int = 32) -> np.ndarray:
+    """Invariant codes of cells from their fixed input draws."""
+    if not items:
+        return np.zeros((0, model.cfg.latent_dim), np.float32)
+    pts = np.stack([fixed_points(it, model.cfg) for it in items])
+    return embed_points(model, pts, batch_size)

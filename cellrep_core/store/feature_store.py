@@ -1,0 +1,128 @@
+"""The LanceDB feature store of cell embeddings, keyed by (cell_id, model_version)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lancedb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from filelock import FileLock
+
+from cellrep_core import paths
+
+TABLE = "cell_embeddings"
+META_COLUMNS = ["cell_id", "dataset", "plate_id", "drug", "structure_name", "model_name", "model_version"]
+KEY = ["cell_id", "model_version"]
+
+
+def _quote(value: object) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def where_clause(filters: dict[str, object] | None) -> str | None:
+    """SQL filter for LanceDB from column → value (or list of values)."""
+    if not filters:
+        return None
+    parts = []
+    for col, val in filters.items():
+        if col not in META_COLUMNS:
+            raise ValueError(f"cannot filter on {col!r}; filterable columns: {', '.join(META_COLUMNS)}")
+        if isinstance(val, list | tuple | set):
+            parts.append(f"{col} IN ({', '.join(_quote(v) for v in val)})")
+        else:
+            parts.append(f"{col} = {_quote(val)}")
+    return " AND ".join(parts)
+
+
+class FeatureStore:
+    """Embeddings in LanceDB; writers are serialized by a file lock and use ``merge_insert`` on the key."""
+
+    def __init__(self, uri: Path | str | None = None) -> None:
+        self.uri = Path(uri) if uri else paths.lancedb_path()
+        self.uri.mkdir(parents=True, exist_ok=True)
+        self._lock = FileLock(str(self.uri) + ".lock")
+        self.db = lancedb.connect(str(self.uri))
+
+    def table_names(self) -> list[str]:
+        """Embedding tables present (one per vector dimension; ``cell_embeddings`` first)."""
+        names = self.db.list_tables().tables if hasattr(self.db, "list_tables") else self.db.table_names()
+        return sorted((n for n in names if n.startswith(TABLE)), key=lambda n: (n != TABLE, n))
+
+    def table_for_dim(self, dim: int) -> str:
+        """The table holding ``dim``-d vectors: ``cell_embeddings`` unless it holds another dimension."""
+        names = self.table_names()
+        if TABLE not in names or self.vector_dim(TABLE) == dim:
+            return TABLE
+        return f"{TABLE}_{dim}d"
+
+    def vector_dim(self, table: str = TABLE) -> int:
+        """Dimension of the fixed-size vectors of a table."""
+        return self.db.open_table(table).schema.field("vector").type.list_size
+
+    def upsert(self, meta: pd.DataFrame, vectors: np.ndarray) -> int:
+        """Insert or replace rows keyed by (cell_id, model_version); re-running never duplicates."""
+        if len(meta) != len(vectors):
+            raise ValueError(f"{len(meta)} metadata rows but {len(vectors)} vectors")
+        if len(meta) == 0:
+            return 0
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        dim = vectors.shape[1]
+        if meta.duplicated(KEY).any():
+            dup = meta[meta.duplicated(KEY)].iloc[0]
+            raise ValueError(f"duplicate key in embeddings batch: {dup['cell_id']} / {dup['model_version']}")
+        cols = {c: pa.array(meta[c].astype(str).tolist(), pa.string()) for c in META_COLUMNS}
+        cols["vector"] = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim)
+        data = pa.table(cols)
+        with self._lock:
+            name = self.table_for_dim(dim)
+            if name not in self.table_names():
+                self.db.create_table(name, data=data)
+            else:
+                tbl = self.db.open_table(name)
+                tbl.merge_insert(KEY).when_matched_update_all().when_not_matched_insert_all().execute(data)
+        return len(meta)
+
+    def delete(self, filters: dict[str, object], table: str = TABLE) -> None:
+        """Delete rows matching the filters (used to replace one plate's rows)."""
+        if table not in self.table_names():
+            return
+        with self._lock:
+            self.db.open_table(table).delete(where_clause(filters))
+
+    def load(self, filters: dict[str, object] | None = None, table: str = TABLE) -> tuple[pd.DataFrame, np.ndarray]:
+        """Metadata and ``[n, d]`` vectors of the rows matching the filters, ordered by cell_id."""
+        if table not in self.table_names():
+            return pd.DataFrame(columns=META_COLUMNS), np.zeros((0, 0), np.float32)
+        tbl = self.db.open_table(table)
+        w = where_clause(filters)
+        arrow = tbl.search().where(w).limit(None).to_arrow() if w else tbl.to_arrow()
+        df = arrow.to_pandas()
+        df = df.sort_values(KEY).reset_index(drop=True)
+        vecs = np.stack(df.pop("vector").to_numpy()).astype(np.float32) if len(df) else np.zeros((0, 0))
+        return df, vecs
+
+    def count(self, table: str = TABLE) -> int:
+        """Number of rows in a table (0 when absent)."""
+        return self.db.open_table(table).count_rows() if table in self.table_names() else 0
+
+    def nearest(
+        self,
+        vector: np.ndarray,
+        k: int = 10,
+        filters: dict[str, object] | None = None,
+        metric: str = "cosine",
+        table: str | None = None,
+    ) -> pd.DataFrame:
+        """The k nearest stored cells to a vector, with distance and metadata."""
+        vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+        table = table or self.table_for_dim(len(vector))
+        if table not in self.table_names():
+            raise LookupError(f"no embeddings of dimension {len(vector)} in {self.uri}")
+        q = self.db.open_table(table).search(vector).distance_type(metric).limit(k)
+        w = where_clause(filters)
+        if w:
+            q = q.where(w, prefilter=True)
+        df = q.to_pandas()
+        return df.drop(columns=["vector"]).rename(columns={"_distance": "distance"})

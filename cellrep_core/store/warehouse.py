@@ -1,0 +1,128 @@
+"""The DuckDB warehouse: one writer at a time (file lock), any number of read-only readers."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+from filelock import FileLock
+
+from cellrep_core import paths
+
+SCHEMA: dict[str, str] = {
+    "cells": """
+        cell_id VARCHAR PRIMARY KEY, dataset VARCHAR, plate_id VARCHAR, well VARCHAR, drug VARCHAR,
+        structure_name VARCHAR, shape_type VARCHAR, label VARCHAR, source_path VARCHAR, channels VARCHAR,
+        voxel_size_um DOUBLE, seed BIGINT, ingested_at TIMESTAMP DEFAULT current_timestamp""",
+    "quarantine": """
+        cell_id VARCHAR, dataset VARCHAR, plate_id VARCHAR, stage VARCHAR, reason VARCHAR, detail VARCHAR,
+        source_path VARCHAR, recorded_at TIMESTAMP DEFAULT current_timestamp""",
+    "plates": """
+        plate_id VARCHAR PRIMARY KEY, source_dir VARCHAR, n_cells INTEGER, n_quarantined INTEGER,
+        registered_at TIMESTAMP DEFAULT current_timestamp""",
+    "pointcloud_index": """
+        cell_id VARCHAR, dataset VARCHAR, partition VARCHAR, kind VARCHAR, n_points INTEGER,
+        n_components INTEGER, parquet_path VARCHAR, created_at TIMESTAMP DEFAULT current_timestamp""",
+    "handcrafted_features": """
+        cell_id VARCHAR, dataset VARCHAR, plate_id VARCHAR, volume DOUBLE, surface_area DOUBLE,
+        n_pieces DOUBLE, mean_piece_distance DOUBLE""",
+    "drug_truth": "plate_id VARCHAR, drug VARCHAR, planted_effect VARCHAR",
+    "models": """
+        model_name VARCHAR, model_version VARCHAR PRIMARY KEY, parent_version VARCHAR, dataset VARCHAR,
+        plate_id VARCHAR, path VARCHAR, config_json VARCHAR, data_hash VARCHAR, metrics_json VARCHAR,
+        trained_at TIMESTAMP DEFAULT current_timestamp""",
+    "benchmark_metrics": """
+        model VARCHAR, model_version VARCHAR, dataset VARCHAR, metric VARCHAR, value DOUBLE, std DOUBLE,
+        n INTEGER, note VARCHAR, computed_at TIMESTAMP DEFAULT current_timestamp""",
+    "drug_qvalues": """
+        plate_id VARCHAR, drug VARCHAR, model_version VARCHAR, feature_set VARCHAR, n_cells INTEGER,
+        mean_average_precision DOUBLE, p_value DOUBLE, q_value DOUBLE, is_hit BOOLEAN,
+        computed_at TIMESTAMP DEFAULT current_timestamp""",
+}
+
+
+class ReadOnlyError(RuntimeError):
+    """A write was attempted through a read-only connection."""
+
+
+class Warehouse:
+    """Access to ``warehouse.duckdb``: serialized writes, read-only reads."""
+
+    def __init__(self, path: Path | str | None = None) -> None:
+        self.path = Path(path) if path else paths.warehouse_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = FileLock(str(self.path) + ".lock")
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-write connection inside one transaction, holding the writer lock."""
+        with self._lock:
+            con = duckdb.connect(str(self.path))
+            try:
+                self._ensure_schema(con)
+                con.execute("BEGIN TRANSACTION")
+                try:
+                    yield con
+                    con.execute("COMMIT")
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+            finally:
+                con.close()
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only connection (creates the schema first if the file does not exist yet)."""
+        if not self.path.exists():
+            with self.write():
+                pass
+        con = duckdb.connect(str(self.path), read_only=True)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    @staticmethod
+    def _ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+        for table, cols in SCHEMA.items():
+            con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({cols})")
+
+    def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
+        """Run read-only SQL and return a DataFrame."""
+        with self.read() as con:
+            return con.execute(sql, params or []).df()
+
+    def replace(self, table: str, df: pd.DataFrame, key: dict[str, object]) -> int:
+        """Atomically delete the rows matching ``key`` (column → value) and insert ``df``; returns rows."""
+        with self.write() as con:
+            _replace(con, table, df, key)
+        return len(df)
+
+    def upsert(self, table: str, df: pd.DataFrame, on: list[str]) -> int:
+        """Delete rows whose ``on`` columns match a row of ``df``, then insert ``df`` (no duplicates)."""
+        if df.empty:
+            return 0
+        with self.write() as con:
+            con.register("_incoming", df)
+            cond = " AND ".join(f"t.{c} IS NOT DISTINCT FROM i.{c}" for c in on)
+            con.execute(f"DELETE FROM {table} t WHERE EXISTS (SELECT 1 FROM _incoming i WHERE {cond})")
+            _insert(con, table, "_incoming", df)
+            con.unregister("_incoming")
+        return len(df)
+
+
+def _insert(con: duckdb.DuckDBPyConnection, table: str, view: str, df: pd.DataFrame) -> None:
+    cols = ", ".join(df.columns)
+    con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {view}")
+
+
+def _replace(con: duckdb.DuckDBPyConnection, table: str, df: pd.DataFrame, key: dict[str, object]) -> None:
+    where = " AND ".join(f"{c} IS NOT DISTINCT FROM ?" for c in key) or "TRUE"
+    con.execute(f"DELETE FROM {table} WHERE {where}", list(key.values()))
+    if not df.empty:
+        con.register("_incoming", df)
+        _insert(con, table, "_incoming", df)
+        con.unregister("_incoming")
