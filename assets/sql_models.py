@@ -1,0 +1,58 @@
+"""Every ``dbt_like_sql/*.sql`` file becomes an asset; dependencies come from the tables it reads."""
+
+
+from pathlib import Path
+
+import dagster as dg
+
+from cellrep_core import sqlmodels
+from cellrep_core.pipeline import REFERENCE
+from orchestration.resources import WarehouseResource
+
+_REF = list(REFERENCE)
+# warehouse tables → the assets that write them
+TABLE_ASSETS: dict[str, list[str]] = {
+    "cells": ["plate_cells", *(f"{d}_cells" for d in _REF)],
+    "quarantine": ["plate_cells", "plate_pointclouds", *(f"{d}_cells" for d in _REF)],
+    "plates": ["plate_cells"],
+    "drug_truth": ["plate_cells"],
+    "pointcloud_index": ["plate_pointclouds", *(f"{d}_pointclouds" for d in _REF)],
+    "handcrafted_features": ["plate_pointclouds", *(f"{d}_pointclouds" for d in _REF)],
+    "models": [f"{d}_model" for d in _REF],
+    "benchmark_metrics": [f"{d}_benchmark" for d in _REF],
+    "drug_qvalues": ["plate_qvalues"],
+}
+
+
+def _upstream(model: sqlmodels.SqlModel, names: set[str]) -> list[dg.AssetKey]:
+    keys: list[str] = []
+    for dep in model.deps:
+        if dep in names:
+            keys.append(dep)
+        elif dep in TABLE_ASSETS:
+            keys.extend(TABLE_ASSETS[dep])
+        else:
+            raise sqlmodels.SqlModelError(
+                f"SQL model {model.name} ({model.path}) reads unknown table {dep!r}; known: "
+                f"{', '.join(sorted([*TABLE_ASSETS, *names]))}"
+            )
+    return [dg.AssetKey(k) for k in dict.fromkeys(keys)]
+
+
+def sql_model_assets(sql_dir: Path = sqlmodels.SQL_DIR) -> list[dg.AssetsDefinition]:
+    """One asset per SQL file, with code_version from the file's hash."""
+    models = sqlmodels.load_models(sql_dir)
+    names = {m.name for m in models}
+    return [_sql_asset(m, _upstream(m, names)) for m in models]
+
+
+def _sql_asset(m: sqlmodels.SqlModel, deps: list[dg.AssetKey]) -> dg.AssetsDefinition:
+    @dg.asset(name=m.name, group_name="sql_models", deps=deps, kinds={"duckdb", "sql"}, code_version=m.code_version,
+              description=f"SQL model {m.path.name}")
+    def _fn(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        n = sqlmodels.materialize(warehouse.get(), m)
+        preview = warehouse.get().query(f'SELECT * FROM "{m.name}" LIMIT 20')
+        return dg.MaterializeResult(metadata={"rows": n, "sql_file": str(m.path),
+                                              "preview": dg.MetadataValue.md(preview.to_markdown(index=False))})
+
+    return _fn

@@ -1,0 +1,140 @@
+"""The ``cellrep`` command: read-only SQL, nearest cells, synthetic plates (Dagster commands live in
+``orchestration.cli``, which extends this parser)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from cellrep_core import paths
+from cellrep_core.store.feature_store import FeatureStore
+from cellrep_core.store.warehouse import Warehouse
+
+
+def connect_readonly(with_embeddings: bool = True) -> duckdb.DuckDBPyConnection:
+    """Read-only DuckDB connection to the warehouse with the LanceDB embedding tables visible as views
+    (vectors as ``FLOAT[d]``)."""
+    wh = Warehouse()
+    if not wh.path.exists():
+        with wh.write():
+            pass
+    con = duckdb.connect(str(wh.path), read_only=True)
+    if with_embeddings and paths.lancedb_path().exists():
+        fs = FeatureStore()
+        for name in fs.table_names():
+            con.register(name, fs.db.open_table(name).to_arrow())
+    return con
+
+
+def run_sql(sql: str, fmt: str = "table", out: Path | None = None) -> pd.DataFrame:
+    """Run read-only SQL; writes fail with a clear message."""
+    con = connect_readonly()
+    try:
+        df = con.execute(sql).df()
+    except duckdb.InvalidInputException as err:
+        if "read-only" in str(err).lower() or "read only" in str(err).lower():
+            raise PermissionError(
+                "cellrep sql is read-only: the warehouse is written only by the pipeline's assets "
+                f"(DuckDB said: {err})"
+            ) from err
+        raise
+    finally:
+        con.close()
+    if out is not None:
+        (df.to_parquet if fmt == "parquet" else df.to_csv)(out, index=False)
+    return df
+
+
+def nearest_cells(cell_id: str | None = None, vector: np.ndarray | None = None, k: int = 10,
+                  model_version: str | None = None, filters: dict | None = None) -> pd.DataFrame:
+    """The k nearest stored cells (cosine) to a stored cell or a vector, with metadata."""
+    fs = FeatureStore()
+    filters = dict(filters or {})
+    if model_version:
+        filters["model_version"] = model_version
+    if cell_id is not None:
+        for table in fs.table_names():
+            meta, vecs = fs.load({"cell_id": cell_id, **({"model_version": model_version} if model_version else {})},
+                                 table=table)
+            if len(meta):
+                vector = vecs[-1]
+                filters.setdefault("model_version", meta.iloc[-1]["model_version"])
+                break
+        else:
+            raise LookupError(f"cell {cell_id} has no embedding{' for ' + model_version if model_version else ''}")
+    if vector is None:
+        raise ValueError("give a cell id or a vector")
+    return fs.nearest(np.asarray(vector, np.float32), k=k, filters=filters)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser of the pure (Dagster-free) commands."""
+    p = argparse.ArgumentParser(prog="cellrep", description="Rotation-invariant 3D single-cell representations.")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("sql", help="read-only SQL over the warehouse (embeddings included)")
+    s.add_argument("query")
+    s.add_argument("--format", choices=["table", "csv", "parquet"], default="table")
+    s.add_argument("--out", type=Path)
+    n = sub.add_parser("nearest", help="nearest real cells to a cell or a vector")
+    n.add_argument("--cell-id")
+    n.add_argument("--vector", help="comma-separated floats")
+    n.add_argument("-k", type=int, default=10)
+    n.add_argument("--model-version")
+    for col in ("dataset", "plate_id", "drug", "structure_name"):
+        n.add_argument(f"--{col.replace('_', '-')}")
+    sp = sub.add_parser("synth-plate", help="write a synthetic drug plate (manifest + images) into a folder")
+    sp.add_argument("--plate-id", required=True)
+    sp.add_argument("--out", type=Path, help="default: $CELLREP_HOME/landing/plates/<plate-id>")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--n-dmso", type=int, default=32)
+    sp.add_argument("--n-per-drug", type=int, default=20)
+    sp.add_argument("--drug", action="append", default=[], metavar="NAME=EFFECT",
+                    help="drug and planted effect (none, shrink, fragment, elongate); repeatable")
+    return p
+
+
+def write_synthetic_plate(plate_id: str, out: Path | None = None, seed: int = 0, n_dmso: int = 32,
+                          n_per_drug: int = 20, drugs: dict[str, str] | None = None, n_bad: int = 2) -> Path:
+    """Write a synthetic plate into a folder, manifest last (written then renamed) so it is picked up complete."""
+    from cellrep_core.data import synthetic
+
+    out = Path(out) if out else paths.landing_plates_dir() / plate_id
+    synthetic.generate_drug_plate(out, plate_id, seed=seed, n_dmso=n_dmso, n_per_drug=n_per_drug,
+                                  drugs=drugs, n_bad=n_bad)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute a parsed pure command."""
+    if args.command == "sql":
+        df = run_sql(args.query, args.format, args.out)
+        if args.out is None:
+            print(df.to_csv(index=False) if args.format == "csv" else df.to_string(index=False))
+        return 0
+    if args.command == "nearest":
+        filters = {c: getattr(args, c) for c in ("dataset", "plate_id", "drug", "structure_name") if getattr(args, c)}
+        vec = np.array([float(v) for v in args.vector.split(",")]) if args.vector else None
+        df = nearest_cells(args.cell_id, vec, args.k, args.model_version, filters)
+        print(df.to_string(index=False))
+        return 0
+    if args.command == "synth-plate":
+        drugs = dict(d.split("=", 1) for d in args.drug) or None
+        out = write_synthetic_plate(args.plate_id, args.out, args.seed, args.n_dmso, args.n_per_drug, drugs)
+        print(f"wrote plate {args.plate_id} to {out}")
+        return 0
+    raise SystemExit(f"unknown command {args.command}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (PermissionError, LookupError, ValueError) as err:
+        print(f"cellrep: {err}", file=sys.stderr)
+        return 2

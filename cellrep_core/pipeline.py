@@ -1,0 +1,345 @@
+"""The stages of the asset graph as plain functions over the warehouse and the feature store.
+
+Dagster assets call these and nothing else; a notebook can call them the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cellrep_core import paths
+from cellrep_core.data import synthetic
+from cellrep_core.ingest import ingest_manifest
+from cellrep_core.metrics.rotation import random_rotations, rotation_invariance_error, z90_rotations
+from cellrep_core.models.config import ModelConfig, get_config
+from cellrep_core.models.data import fixed_points
+from cellrep_core.models.train import TrainedModel, embed_items, load_model, read_lineage, train_model
+from cellrep_core.pointclouds.build import SamplingConfig, build_pointclouds, read_pointclouds
+from cellrep_core.profiling.features import HANDCRAFTED_FEATURES
+from cellrep_core.profiling.mapping import drug_map_qvalues
+from cellrep_core.store.feature_store import FeatureStore
+from cellrep_core.store.warehouse import Warehouse
+
+PLATES_DATASET = "drug_plates"
+CONTROL = "DMSO"
+
+
+@dataclass(frozen=True)
+class ReferenceSpec:
+    """A reference data set: its generator, its sampling kind and its default model config."""
+
+    dataset: str
+    kind: str  # "punctate" or "sdf"
+    model: str
+
+
+REFERENCE = {
+    "synthetic_punctate": ReferenceSpec("synthetic_punctate", "punctate", "punctate_demo"),
+    "synthetic_polymorphic": ReferenceSpec("synthetic_polymorphic", "sdf", "sdf_demo"),
+}
+
+
+def generate_reference(dataset: str, size: int, seed: int, grid: int = 64) -> Path:
+    """Write a synthetic reference data set under ``raw/<dataset>/`` (same files on every run)."""
+    out = paths.raw_dir(dataset)
+    if dataset == "synthetic_punctate":
+        synthetic.generate_punctate_dataset(out, n_per_rule=size, seed=seed, grid=grid, dataset=dataset)
+    elif dataset == "synthetic_polymorphic":
+        synthetic.generate_polymorphic_dataset(out, n_cells=size, seed=seed, grid=grid, dataset=dataset)
+    else:
+        raise ValueError(f"unknown synthetic data set {dataset!r}; known: {', '.join(REFERENCE)}")
+    return out / "manifest.csv"
+
+
+def ingest(
+    manifest: Path, wh: Warehouse, dataset: str, plate_id: str = "", data_root: Path | None = None
+) -> dict:
+    """Validate a manifest's cells into ``cells`` and ``quarantine``, replacing that partition's rows."""
+    res = ingest_manifest(manifest, dataset=dataset, plate_id=plate_id, data_root=data_root)
+    with wh.write() as con:
+        con.execute("DELETE FROM cells WHERE dataset = ? AND plate_id = ?", [dataset, plate_id])
+        con.execute(
+            "DELETE FROM quarantine WHERE dataset = ? AND plate_id = ? AND stage = 'ingest'",
+            [dataset, plate_id],
+        )
+        for table, df in (("cells", res.cells), ("quarantine", res.quarantine)):
+            if len(df):
+                con.register("_df", df)
+                con.execute(f"INSERT INTO {table} ({', '.join(df.columns)}) SELECT * FROM _df")
+                con.unregister("_df")
+    return {
+        "cells": len(res.cells),
+        "quarantined": len(res.quarantine),
+        "reasons": res.quarantine["reason"].value_counts().to_dict(),
+    }
+
+
+def cells_of(wh: Warehouse, dataset: str, plate_id: str = "") -> pd.DataFrame:
+    """The ingested cells of one partition, ordered by cell_id."""
+    return wh.query(
+        "SELECT * FROM cells WHERE dataset = ? AND plate_id = ? ORDER BY cell_id", [dataset, plate_id]
+    )
+
+
+def pointclouds(
+    wh: Warehouse,
+    dataset: str,
+    partition: str,
+    plate_id: str = "",
+    cfg: SamplingConfig = SamplingConfig(),
+    n_workers: int | None = None,
+) -> dict:
+    """Sample the partition's cells into ``pointclouds/<dataset>/<partition>.parquet`` and index them."""
+    cells = cells_of(wh, dataset, plate_id)
+    out = paths.pointcloud_path(dataset, partition)
+    res = build_pointclouds(cells, out, cfg, n_workers=n_workers)
+    idx = res.index.assign(partition=partition)
+    with wh.write() as con:
+        con.execute("DELETE FROM pointcloud_index WHERE dataset = ? AND partition = ?", [dataset, partition])
+        con.execute(
+            "DELETE FROM quarantine WHERE dataset = ? AND plate_id = ? AND stage = 'pointcloud'",
+            [dataset, plate_id],
+        )
+        con.execute(
+            "DELETE FROM handcrafted_features WHERE dataset = ? AND plate_id = ?", [dataset, plate_id]
+        )
+        for table, df in (
+            ("pointcloud_index", idx),
+            ("quarantine", res.quarantine),
+            ("handcrafted_features", res.features),
+        ):
+            if len(df):
+                con.register("_df", df)
+                con.execute(
+                    f"INSERT INTO {table} ({', '.join(df.columns)}) SELECT {', '.join(df.columns)} FROM _df"
+                )
+                con.unregister("_df")
+    n = max(len(cells), 1)
+    return {
+        "clouds": len(res.index),
+        "quarantined": len(res.quarantine),
+        "seconds": round(res.seconds, 2),
+        "cells_per_s": round(len(cells) / max(res.seconds, 1e-9), 2),
+        "path": str(out),
+        "valid_fraction": len(res.index) / n,
+    }
+
+
+def register_model(wh: Warehouse, tm: TrainedModel, dataset: str, plate_id: str = "") -> None:
+    """Record a model version with its lineage in the ``models`` table."""
+    lin = read_lineage(tm.path)
+    row = pd.DataFrame(
+        [
+            {
+                "model_name": tm.name,
+                "model_version": tm.version,
+                "parent_version": lin.get("parent_version"),
+                "dataset": dataset,
+                "plate_id": plate_id,
+                "path": str(tm.path),
+                "config_json": tm.config.model_dump_json(),
+                "data_hash": lin.get("data_hash"),
+                "metrics_json": json.dumps(lin.get("metrics", {})),
+            }
+        ]
+    )
+    wh.upsert("models", row, on=["model_version"])
+
+
+def train(
+    wh: Warehouse,
+    dataset: str,
+    partition: str,
+    cfg: ModelConfig,
+    plate_id: str = "",
+    parent: TrainedModel | None = None,
+    force: bool = False,
+) -> TrainedModel:
+    """Train a model on a partition's clouds, save it under ``models/`` and register it."""
+    items = read_pointclouds(paths.pointcloud_path(dataset, partition))
+    tm = train_model(
+        cfg,
+        items,
+        paths.models_dir(),
+        parent=parent,
+        force=force,
+        lineage={"dataset": dataset, "partition": partition, "plate_id": plate_id},
+    )
+    register_model(wh, tm, dataset, plate_id)
+    return tm
+
+
+def latest_model(wh: Warehouse, dataset: str, plate_id: str = "", model_name: str | None = None) -> TrainedModel:
+    """The most recently trained model version of a data set (and plate), optionally of one config name."""
+    sql = "SELECT * FROM models WHERE dataset = ? AND plate_id = ?"
+    params: list = [dataset, plate_id]
+    if model_name:
+        sql += " AND model_name = ?"
+        params.append(model_name)
+    df = wh.query(sql + " ORDER BY trained_at DESC LIMIT 1", params)
+    if df.empty:
+        what = f"{model_name or 'model'} for {dataset}" + (f" plate {plate_id}" if plate_id else "")
+        raise LookupError(f"no trained {what}; materialize the model asset first")
+    r = df.iloc[0]
+    return TrainedModel(
+        r.model_name, r.model_version, Path(r.path), ModelConfig.model_validate_json(r.config_json),
+        json.loads(r.metrics_json),
+    )
+
+
+def embed(
+    wh: Warehouse, fs: FeatureStore, tm: TrainedModel, dataset: str, partition: str, plate_id: str = ""
+) -> dict:
+    """Embed a partition's cells with a model version into the feature store (upsert, no duplicates)."""
+    items = read_pointclouds(paths.pointcloud_path(dataset, partition))
+    model = load_model(tm.path)
+    t0 = time.perf_counter()
+    z = embed_items(model, items)
+    seconds = time.perf_counter() - t0
+    cells = cells_of(wh, dataset, plate_id).set_index("cell_id")
+    ids = [it.cell_id for it in items]
+    meta = pd.DataFrame(
+        {
+            "cell_id": ids,
+            "dataset": dataset,
+            "plate_id": plate_id,
+            "drug": [cells.at[c, "drug"] for c in ids],
+            "structure_name": [cells.at[c, "structure_name"] for c in ids],
+            "model_name": tm.name,
+            "model_version": tm.version,
+        }
+    )
+    # replace this partition's rows for this model version: cells dropped since the last run disappear too
+    fs.delete(
+        {"dataset": dataset, "plate_id": plate_id, "model_version": tm.version},
+        table=fs.table_for_dim(z.shape[1]),
+    )
+    fs.upsert(meta, z)
+    return {
+        "cells": len(ids),
+        "dim": int(z.shape[1]),
+        "model_version": tm.version,
+        "seconds_per_cell": seconds / max(len(ids), 1),
+    }
+
+
+def benchmark(
+    wh: Warehouse, tm: TrainedModel, dataset: str, partition: str, n_rotations: int = 8, seed: int = 0
+) -> pd.DataFrame:
+    """Rotation invariance (random SO(3) and 90° z), held-out reconstruction, size and speed of a model."""
+    lin = read_lineage(tm.path)
+    held_out = lin.get("val_cells") or []
+    items = read_pointclouds(paths.pointcloud_path(dataset, partition), cell_ids=held_out or None)
+    model = load_model(tm.path)
+    pts = np.stack([fixed_points(it, model.cfg) for it in items])
+    so3 = rotation_invariance_error(model, pts, random_rotations(n_rotations, seed))
+    z90 = rotation_invariance_error(model, pts, z90_rotations())
+    t0 = time.perf_counter()
+    embed_items(model, items)
+    per_cell = (time.perf_counter() - t0) / max(len(items), 1)
+    rows = [
+        (
+            "rotation_invariance_error",
+            so3["mean"],
+            so3["std"],
+            so3["n"],
+            f"random SO(3), max {so3['max']:.2e}",
+        ),
+        (
+            "rotation_invariance_error_z90",
+            z90["mean"],
+            z90["std"],
+            z90["n"],
+            f"90° about z, max {z90['max']:.2e}",
+        ),
+        ("n_parameters", float(sum(p.numel() for p in model.parameters())), None, 1, ""),
+        ("inference_seconds_per_cell", per_cell, None, len(items), "CPU" if True else ""),
+        (
+            "best_val_loss",
+            lin["metrics"].get("best_val_loss"),
+            None,
+            len(held_out),
+            "Chamfer" if model.cfg.kind == "punctate" else f"L1 of SDF clipped at {model.cfg.sdf_clip}",
+        ),
+        ("train_seconds", lin["metrics"].get("train_seconds"), None, lin["metrics"].get("n_train"), ""),
+    ]
+    df = pd.DataFrame(rows, columns=["metric", "value", "std", "n", "note"]).assign(
+        model=tm.name, model_version=tm.version, dataset=dataset
+    )
+    df = df[["model", "model_version", "dataset", "metric", "value", "std", "n", "note"]]
+    wh.replace("benchmark_metrics", df, {"model_version": tm.version, "dataset": dataset})
+    return df
+
+
+def write_truth(wh: Warehouse, plate_dir: Path, plate_id: str) -> int:
+    """Copy a synthetic plate's planted effects into ``drug_truth`` (none for real plates)."""
+    f = Path(plate_dir) / "drug_truth.csv"
+    df = (
+        pd.read_csv(f, dtype=str)
+        if f.exists()
+        else pd.DataFrame(columns=["plate_id", "drug", "planted_effect"])
+    )
+    df = df.assign(plate_id=plate_id)[["plate_id", "drug", "planted_effect"]]
+    return wh.replace("drug_truth", df, {"plate_id": plate_id})
+
+
+def profile_plate(
+    wh: Warehouse, fs: FeatureStore, plate_id: str, model_version: str, null_size: int = 10000, seed: int = 0
+) -> pd.DataFrame:
+    """mAP and q-values of every drug vs DMSO on one plate, for the embeddings and the hand-crafted baseline."""
+    emb_meta, vecs = fs.load({"plate_id": plate_id, "model_version": model_version})
+    if emb_meta.empty:
+        raise LookupError(
+            f"no embeddings for plate {plate_id} with model {model_version}; embed the plate first"
+        )
+    hc = wh.query(
+        "SELECT h.*, c.drug FROM handcrafted_features h JOIN cells c USING (cell_id) "
+        "WHERE h.plate_id = ? ORDER BY cell_id",
+        [plate_id],
+    )
+    out = []
+    for feature_set, meta, feats in (
+        ("embedding", emb_meta[["cell_id", "plate_id", "drug"]], vecs),
+        ("handcrafted", hc[["cell_id", "plate_id", "drug"]], hc[list(HANDCRAFTED_FEATURES)].to_numpy(float)),
+    ):
+        res = drug_map_qvalues(
+            meta.reset_index(drop=True), feats, control=CONTROL, null_size=null_size, seed=seed
+        )
+        out.append(
+            res.assign(
+                model_version=model_version if feature_set == "embedding" else "", feature_set=feature_set
+            )
+        )
+    df = pd.concat(out, ignore_index=True)[
+        [
+            "plate_id",
+            "drug",
+            "model_version",
+            "feature_set",
+            "n_cells",
+            "mean_average_precision",
+            "p_value",
+            "q_value",
+            "is_hit",
+        ]
+    ]
+    with wh.write() as con:
+        con.execute(
+            "DELETE FROM drug_qvalues WHERE plate_id = ? AND (model_version = ? OR feature_set = 'handcrafted')",
+            [plate_id, model_version],
+        )
+        con.register("_df", df)
+        con.execute(f"INSERT INTO drug_qvalues ({', '.join(df.columns)}) SELECT * FROM _df")
+        con.unregister("_df")
+    return df
+
+
+def default_model_config(dataset: str, **overrides: object) -> ModelConfig:
+    """The registered config a reference data set trains with."""
+    return get_config(REFERENCE[dataset].model, **overrides)

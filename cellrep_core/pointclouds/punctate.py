@@ -1,0 +1,165 @@
+"""Intensity-weighted point clouds for punctate structures (Vasan et al. 2025).
+
+The published recipe samples mask voxels with weight ``exp(skew * p)`` where ``p = I / max(I)`` and
+``skew = lam * 3 * (mean - median) / std`` (Pearson's second skewness coefficient of the intensities,
+times ``lam``; ``lam`` = 100 for nuclear, 500 for cytoplasmic structures, whose skew is also floored at
+25). The exponent can be in the hundreds: the weights are computed in log space (the maximum
+subtracted) so they never overflow, and sampling is WITH replacement so ``n_dense`` points always come
+back.
+
+Collapse guard: the published exponent reaches the hundreds for cytoplasmic structures (lam = 500;
+70 to 180 on the synthetic test images). Then a voxel 1 % dimmer than the brightest weighs e^-1 or
+less, so the cloud sits on the one or two brightest voxels, and a cell with many equally bright puncta
+becomes one or two spots: a punctum's brightest voxel depends on where its centre falls inside the
+voxel (10 to 30 % lower for a sigma = 1 voxel spot centred off the voxel grid), and the exponent turns
+that into e^-10 or less. The exponent is therefore clipped to ``[-max_exponent, max_exponent]`` with
+``MAX_EXPONENT`` = 25 by default, the published floor for cytoplasmic structures (``None`` keeps the
+published value). At 25 a voxel at 90 % of the maximum weighs e^-2.5 ~ 8 % of the brightest, at 50 %
+e^-12.5, and background at p ~ 0.05 ~ e^-24 (negligible even summed over 10^5 voxels). Measured on 12
+equally bright Gaussian puncta at random sub-voxel positions in a 48^3 image (share of 4096 points
+> 1 % per punctum, 100 % of the points within 2 voxels of a centre in every case):
+
+    exponent      published (~140)   50     35      25      15       10
+    sigma 1.0     2/12               5-8    9       11-12   12       12 (only 80 % near a punctum)
+    sigma 1.5     1-2/12             9-12   12      12      12       12 (87 % near)
+
+Consequence: with the default cap, cytoplasmic structures (lam = 500, floor 25) always use exponent 25,
+and nuclear ones (lam = 100, 14 to 35 on the test images) use ``min(skew, 25)``; pass
+``max_exponent=None`` for the published behaviour, which stays numerically stable (log-space weights,
+sampling with replacement). An effective-sample-size guard (lower the exponent until
+``(sum w)^2 / sum w^2`` reaches N voxels) was tried and rejected: on sparse puncta in a large mask it
+reaches N by leaking mass onto the background (a third of the points left the puncta in a 4-blob
+image) instead of spreading it over the puncta. ``sampling_weights`` reports the skew, the exponent
+actually used and the effective sample size.
+
+Deviations from the published script, on purpose: statistics are over mask voxels only (the script
+used the whole crop with the outside set to its minimum, and zeroed voxels below the mean of the unique
+values); the jitter is Gaussian (sd ``jitter``) instead of uniform; the centre is the exact mask
+centroid instead of the rounded one; the 4th column is ``p = I / max(I)`` instead of the raw intensity.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cellrep_core.errors import CellInputError
+
+_STAGE = "pointcloud"
+MAX_EXPONENT = 25.0
+
+
+def _ess(log_w: np.ndarray) -> float:
+    """Effective sample size of unnormalised log weights."""
+    w = np.exp(log_w - log_w.max())
+    return float(w.sum() ** 2 / np.dot(w, w))
+
+
+def sampling_weights(
+    raw: np.ndarray,
+    mask: np.ndarray,
+    lam: float = 100.0,
+    skew_floor: float | None = None,
+    max_exponent: float | None = MAX_EXPONENT,
+    cell_id: str = "",
+    path: str = "",
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Mask voxel indices (ZYX, [n, 3]), their sampling probabilities and the exponent used."""
+    raw = np.asarray(raw)
+    mask = np.asarray(mask)
+    if raw.ndim != 3 or raw.shape != mask.shape:
+        raise CellInputError(
+            cell_id,
+            path,
+            "shape_mismatch",
+            f"raw image {raw.shape} and mask {mask.shape} must be 3D ZYX arrays of the same shape; "
+            "crop both channels from the same cell",
+            stage=_STAGE,
+        )
+    vox = np.argwhere(mask > 0 if mask.dtype != bool else mask)
+    if len(vox) == 0:
+        raise CellInputError(
+            cell_id,
+            path,
+            "empty_segmentation",
+            "the mask has no foreground voxel; check the segmentation channel or drop this cell",
+            stage=_STAGE,
+        )
+    intensity = raw[tuple(vox.T)].astype(np.float64)
+    if not np.all(np.isfinite(intensity)):
+        raise CellInputError(
+            cell_id,
+            path,
+            "nonfinite_intensity",
+            "the raw image has NaN or infinite values inside the mask; re-export the image",
+            stage=_STAGE,
+        )
+    top = intensity.max()
+    if top <= 0:
+        raise CellInputError(
+            cell_id,
+            path,
+            "no_signal",
+            f"the raw intensity inside the mask is at most {top:g}; check the channel index or drop this cell",
+            stage=_STAGE,
+        )
+    p = intensity / top
+    std = p.std()
+    skew = 0.0 if std == 0 else float(lam * 3.0 * (p.mean() - np.median(p)) / std)
+    if skew_floor is not None:
+        skew = max(skew, float(skew_floor))
+
+    exponent = skew if max_exponent is None else float(np.clip(skew, -max_exponent, max_exponent))
+    log_w = exponent * p
+    w = np.exp(log_w - log_w.max())
+    probs = w / w.sum()
+    info = {"skew": skew, "exponent": exponent, "ess": _ess(log_w), "n_mask": int(len(p)), "max_intensity": float(top)}
+    return vox, probs, info
+
+
+def intensity_sample(
+    raw: np.ndarray,
+    mask: np.ndarray,
+    rng: np.random.Generator,
+    n_dense: int = 20480,
+    lam: float = 100.0,
+    skew_floor: float | None = None,
+    jitter: float = 0.001,
+    *,
+    max_exponent: float | None = MAX_EXPONENT,
+    cell_id: str = "",
+    path: str = "",
+) -> np.ndarray:
+    """Dense intensity-weighted point cloud (x, y, z, p), centred on the mask centroid, float32."""
+    if n_dense < 1:
+        raise ValueError(f"n_dense must be >= 1, got {n_dense}")
+    vox, probs, _info = sampling_weights(
+        raw, mask, lam=lam, skew_floor=skew_floor, max_exponent=max_exponent, cell_id=cell_id, path=path
+    )
+    xyz_all = vox[:, ::-1].astype(np.float64)
+    centroid = xyz_all.mean(axis=0)
+    idx = rng.choice(len(probs), size=n_dense, replace=True, p=probs)
+    xyz = xyz_all[idx] + rng.normal(0.0, jitter, size=(n_dense, 3)) - centroid
+    raw = np.asarray(raw)
+    intensity = raw[tuple(vox[idx].T)].astype(np.float64)
+    top = raw[tuple(vox.T)].max()
+    return np.column_stack([xyz, intensity / top]).astype(np.float32)
+
+
+def training_sample(dense: np.ndarray, n_points: int, rng: np.random.Generator, xyz_scale: float = 0.1) -> np.ndarray:
+    """Intensity-weighted subsample of a dense cloud, xyz scaled, intensity mapped onto the xyz range."""
+    dense = np.asarray(dense, dtype=np.float64)
+    if dense.ndim != 2 or dense.shape[1] != 4 or len(dense) == 0:
+        raise ValueError(f"dense must be a non-empty [n, 4] array, got shape {dense.shape}")
+    w = np.clip(np.nan_to_num(dense[:, 3], nan=0.0), 0.0, None)
+    if w.sum() <= 0:
+        w = np.ones(len(dense))
+    replace = n_points > np.count_nonzero(w)
+    idx = rng.choice(len(dense), size=n_points, replace=replace, p=w / w.sum())
+    out = dense[idx].copy()
+    out[:, :3] *= xyz_scale
+    lo, hi = out[:, :3].min(), out[:, :3].max()
+    inten = out[:, 3]
+    span = inten.max() - inten.min()
+    # Constant intensity carries no information: put every point at the top of the range.
+    out[:, 3] = hi if span == 0 else lo + (inten - inten.min()) / span * (hi - lo)
+    return out.astype(np.float32)

@@ -1,0 +1,202 @@
+"""Per-plate drug activity: mAP of each drug against its plate's DMSO controls, with BH q-values.
+
+Follows Chandrasekaran et al. / copairs as used by Vasan et al. 2025: per plate, features are z-scored
+to the plate's controls, every cell of a drug is a query whose positives are the other cells of the same
+drug and whose negatives are the plate's control cells only (never other drugs' cells); the drug's mAP
+gets a p-value from copairs' null of random rank lists, and Benjamini-Hochberg runs over the drugs of
+the plate.
+
+copairs notes (0.5.5):
+
+* Negatives restricted to controls with copairs' reference-index trick: a column that is a unique
+  value for every control cell and -1 for every drug cell. ``pos_sameby=[drug, ref]`` then pairs only
+  cells of the same drug (controls never pair with each other: unique ref), and
+  ``neg_diffby=[drug, ref]`` pairs only cells that differ in both, i.e. drug x control (two drug cells
+  share ref -1, two control cells share the drug). Control rows get no positives, so copairs drops them
+  (NaN AP) before the mAP step.
+* copairs caches null distributions under ``~/.copairs`` keyed by (seed, null_size, n_pos, n_total)
+  but not by the per-configuration sub-seed it actually used, so cached p-values depend on the cache's
+  history. Each plate therefore gets a fresh temporary cache directory: results depend only on the
+  data and ``seed``, and nothing is written to the home directory.
+* copairs' mAP null is the element-wise mean of its queries' AP nulls; queries with the same
+  (n_pos, n_total) share one null row, so for a drug (all its cells have the same configuration) the
+  mAP null is a single query's AP null. That is conservative, and the smallest p-value is
+  ``1 / (null_size + 1)``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+import numpy as np
+import pandas as pd
+from copairs.map import average_precision, mean_average_precision
+
+RESULT_COLUMNS = ("plate_id", "drug", "n_cells", "mean_average_precision", "p_value", "q_value", "is_hit")
+_META_COLUMNS = ("plate_id", "drug", "cell_id")
+
+
+def normalize_to_controls(feats: np.ndarray, is_control: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """Z-score every feature with the controls' mean and std (std floored at eps)."""
+    x = np.asarray(feats, dtype=np.float64)
+    ctrl = np.asarray(is_control, dtype=bool)
+    if x.ndim != 2:
+        raise ValueError(f"feats must be 2D (cells, features), got shape {x.shape}")
+    if ctrl.shape != (x.shape[0],):
+        raise ValueError(f"is_control must have one entry per row of feats ({x.shape[0]}), got {ctrl.shape}")
+    if int(ctrl.sum()) < 2:
+        raise ValueError(f"need at least 2 control cells to normalise, got {int(ctrl.sum())}")
+    mu = x[ctrl].mean(axis=0)
+    sd = np.maximum(x[ctrl].std(axis=0), eps)
+    return (x - mu) / sd
+
+
+def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg q-values (step-up, monotone in p, capped at 1)."""
+    p = np.asarray(p, dtype=np.float64)
+    if p.ndim != 1:
+        raise ValueError(f"p must be 1D, got shape {p.shape}")
+    if p.size == 0:
+        return p.copy()
+    if not np.all(np.isfinite(p)) or p.min() < 0 or p.max() > 1:
+        raise ValueError("p-values must be finite and within [0, 1]")
+    m = p.size
+    order = np.argsort(p, kind="stable")
+    scaled = p[order] * m / np.arange(1, m + 1)
+    q_sorted = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
+    q = np.empty(m)
+    q[order] = q_sorted
+    return q
+
+
+def _empty_result() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "plate_id": pd.Series([], dtype=object),
+            "drug": pd.Series([], dtype=object),
+            "n_cells": pd.Series([], dtype=np.int64),
+            "mean_average_precision": pd.Series([], dtype=np.float64),
+            "p_value": pd.Series([], dtype=np.float64),
+            "q_value": pd.Series([], dtype=np.float64),
+            "is_hit": pd.Series([], dtype=bool),
+        }
+    )
+
+
+def _plate_map(
+    plate_id: object,
+    drugs: np.ndarray,
+    cell_ids: np.ndarray,
+    x: np.ndarray,
+    control: str,
+    null_size: int,
+    threshold: float,
+    seed: int,
+    normalize: bool,
+) -> pd.DataFrame | None:
+    """mAP, p and q for every non-control drug of one plate (None if the plate has no drug)."""
+    is_ctrl = drugs == control
+    n_ctrl = int(is_ctrl.sum())
+    if n_ctrl < 2:
+        raise ValueError(f"plate {plate_id!r}: need at least 2 {control!r} control cells, got {n_ctrl}")
+    drug_names = pd.unique(drugs[~is_ctrl])
+    if len(drug_names) == 0:
+        return None
+    n_cells = {}
+    for d in drug_names:
+        n = int((drugs == d).sum())
+        if n < 2:
+            raise ValueError(
+                f"plate {plate_id!r}, drug {d!r}: {n} cell; need at least 2 cells per drug for mAP"
+            )
+        n_cells[d] = n
+
+    if normalize:
+        x = normalize_to_controls(x, is_ctrl)
+    norms = np.linalg.norm(x, axis=1)
+    if np.any(norms == 0):
+        bad = cell_ids[norms == 0][:5].tolist()
+        raise ValueError(f"plate {plate_id!r}: cells {bad} have an all-zero profile; cosine is undefined")
+
+    # Integer codes keep copairs/duckdb away from pandas' string dtypes; ref is copairs' reference index.
+    code_of = {d: i + 1 for i, d in enumerate(drug_names)}
+    codes = np.array([0 if c else code_of[d] for d, c in zip(drugs, is_ctrl, strict=True)], dtype=np.int64)
+    ref = np.where(is_ctrl, np.arange(len(drugs)), -1).astype(np.int64)
+    cmeta = pd.DataFrame({"drug_code": codes, "ref_index": ref})
+
+    ap = average_precision(
+        cmeta,
+        x,
+        pos_sameby=["drug_code", "ref_index"],
+        pos_diffby=[],
+        neg_sameby=[],
+        neg_diffby=["drug_code", "ref_index"],
+        distance="cosine",
+        progress_bar=False,
+    )
+    with tempfile.TemporaryDirectory(prefix="copairs_null_") as cache_dir:
+        maps = mean_average_precision(
+            ap,
+            sameby=["drug_code"],
+            null_size=null_size,
+            threshold=threshold,
+            seed=seed,
+            progress_bar=False,
+            cache_dir=cache_dir,
+        )
+    maps = maps.set_index("drug_code").loc[[code_of[d] for d in drug_names]]
+    p = maps["p_value"].to_numpy(dtype=np.float64)
+    q = benjamini_hochberg(p)
+    return pd.DataFrame(
+        {
+            "plate_id": [plate_id] * len(drug_names),
+            "drug": list(drug_names),
+            "n_cells": np.array([n_cells[d] for d in drug_names], dtype=np.int64),
+            "mean_average_precision": maps["mean_average_precision"].to_numpy(dtype=np.float64),
+            "p_value": p,
+            "q_value": q,
+            "is_hit": q < threshold,
+        }
+    )
+
+
+def drug_map_qvalues(
+    meta: pd.DataFrame,
+    feats: np.ndarray,
+    control: str = "DMSO",
+    null_size: int = 10000,
+    threshold: float = 0.05,
+    seed: int = 0,
+    normalize: bool = True,
+) -> pd.DataFrame:
+    """Per plate and drug: mAP against the plate's controls, copairs p-value, BH q-value and hit flag."""
+    missing = [c for c in _META_COLUMNS if c not in meta.columns]
+    if missing:
+        raise ValueError(f"meta is missing columns {missing}; needs {list(_META_COLUMNS)}")
+    x = np.asarray(feats, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"feats must be 2D (cells, features), got shape {x.shape}")
+    if len(meta) != x.shape[0]:
+        raise ValueError(f"meta has {len(meta)} rows but feats has {x.shape[0]}; they must be aligned")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("feats contain NaN or inf")
+    if meta[list(_META_COLUMNS)].isna().any(axis=None):
+        raise ValueError("meta columns plate_id, drug and cell_id must not contain missing values")
+    if null_size < 1:
+        raise ValueError(f"null_size must be positive, got {null_size}")
+
+    plates = meta["plate_id"].to_numpy(dtype=object)
+    drugs = meta["drug"].to_numpy(dtype=object)
+    cell_ids = meta["cell_id"].to_numpy(dtype=object)
+    frames = []
+    for plate_id in pd.unique(plates):
+        sel = plates == plate_id
+        res = _plate_map(
+            plate_id, drugs[sel], cell_ids[sel], x[sel], control, null_size, threshold, seed, normalize
+        )
+        if res is not None:
+            frames.append(res)
+    if not frames:
+        return _empty_result()
+    out = pd.concat(frames, ignore_index=True)
+    return out[list(RESULT_COLUMNS)]

@@ -1,0 +1,16 @@
+"""The Dagster Definitions of cellrep: assets, resources, partitions."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from assets.plates import plate_asset_defs
+from assets.reference import reference_asset_defs
+from assets.sql_models import sql_model_assets
+from orchestration.resources import FeatureStoreResource, WarehouseResource
+
+all_assets = [*reference_asset_defs, *plate_asset_defs, *sql_model_assets()]
+
+resources = {"warehouse": WarehouseResource(), "feature_store": FeatureStoreResource()}
+
+defs = dg.Definitions(assets=all_assets, resources=resources)
