@@ -22,7 +22,7 @@ def random_rotations(n: int, seed: int) -> np.ndarray:
 
 def z90_rotations() -> np.ndarray:
     """The three non-trivial 90° rotations about z (the published protocol)."""
-    return Rotation.from_euler("z", [90, 180, 270], degrees=True).as_matrix().astype(np.float32)
+    return Rotation.from_euler("z", [[90], [180], [270]], degrees=True).as_matrix().astype(np.float32)
 
 
 def relative_error(z0: np.ndarray, zr: np.ndarray) -> np.ndarray:
@@ -35,5 +35,12 @@ def relative_error(z0: np.ndarray, zr: np.ndarray) -> np.ndarray:
 def rotation_invariance_error(model, points: np.ndarray, rotations: np.ndarray) -> dict[str, float]:
     """Mean/std/max relative code change of ``[n, N, D]`` inputs under each rotation."""
     z0 = embed_points(model, points)
-    errs = np.concatenate([relative_error(z0, embed_points(model, rotate_points(points, r))) for r in rotations])
-    return {"mean": float(errs.mean()), "std": float(errs.std()), "max": float(errs.max()), "n": int(errs.size)}
+    errs = np.concatenate(
+        [relative_error(z0, embed_points(model, rotate_points(points, r))) for r in rotations]
+    )
+    return {
+        "mean": float(errs.mean()),
+        "std": float(errs.std()),
+        "max": float(errs.max()),
+        "n": int(errs.size),
+    }

@@ -45,27 +45,71 @@ _PAPER = {"k": 20, "hidden": 64, "batch_size": 32, "lr": 2e-4}
 
 REGISTRY: dict[str, ModelConfig] = {
     # the published configuration (paper): use on a GPU
-    "punctate_paper": ModelConfig(name="punctate_paper", kind="punctate", latent_dim=256, n_points=2048, **_PAPER),
+    "punctate_paper": ModelConfig(
+        name="punctate_paper", kind="punctate", latent_dim=256, n_points=2048, **_PAPER
+    ),
     "sdf_paper": ModelConfig(
         name="sdf_paper", kind="sdf", latent_dim=512, n_points=8192, n_query=20000, **_PAPER
     ),
     # small configurations that train in minutes on a laptop CPU (the demo)
     "punctate_demo": ModelConfig(
-        name="punctate_demo", kind="punctate", k=10, hidden=16, n_layers=3, latent_dim=64, n_points=512,
-        decoder_hidden=128, batch_size=16, lr=2e-3, max_epochs=8, patience=4,
+        name="punctate_demo",
+        kind="punctate",
+        k=10,
+        hidden=16,
+        n_layers=3,
+        latent_dim=64,
+        n_points=512,
+        decoder_hidden=128,
+        batch_size=16,
+        lr=2e-3,
+        max_epochs=8,
+        patience=4,
     ),
     "sdf_demo": ModelConfig(
-        name="sdf_demo", kind="sdf", k=10, hidden=16, n_layers=3, latent_dim=64, n_points=512,
-        n_query=2048, decoder_hidden=128, batch_size=16, lr=2e-3, max_epochs=15, patience=5,
+        name="sdf_demo",
+        kind="sdf",
+        k=10,
+        hidden=16,
+        n_layers=3,
+        latent_dim=64,
+        n_points=512,
+        n_query=2048,
+        decoder_hidden=128,
+        batch_size=16,
+        lr=2e-3,
+        max_epochs=15,
+        patience=5,
     ),
     # tiny configurations for tests
     "punctate_tiny": ModelConfig(
-        name="punctate_tiny", kind="punctate", k=8, hidden=8, n_layers=2, latent_dim=16, n_points=128,
-        decoder_hidden=32, batch_size=8, lr=1e-3, max_epochs=2, patience=2,
+        name="punctate_tiny",
+        kind="punctate",
+        k=8,
+        hidden=8,
+        n_layers=2,
+        latent_dim=16,
+        n_points=128,
+        decoder_hidden=32,
+        batch_size=8,
+        lr=1e-3,
+        max_epochs=2,
+        patience=2,
     ),
     "sdf_tiny": ModelConfig(
-        name="sdf_tiny", kind="sdf", k=8, hidden=8, n_layers=2, latent_dim=16, n_points=128, n_query=256,
-        decoder_hidden=32, batch_size=8, lr=1e-3, max_epochs=2, patience=2,
+        name="sdf_tiny",
+        kind="sdf",
+        k=8,
+        hidden=8,
+        n_layers=2,
+        latent_dim=16,
+        n_points=128,
+        n_query=256,
+        decoder_hidden=32,
+        batch_size=8,
+        lr=1e-3,
+        max_epochs=2,
+        patience=2,
     ),
 }
 

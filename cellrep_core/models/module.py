@@ -28,7 +28,9 @@ class PointCloudAutoencoder(L.LightningModule):
             checkpointing=cfg.checkpointing,
         )
         if cfg.kind == "punctate":
-            self.decoder = FoldingNetDecoder(cfg.latent_dim, cfg.decoder_hidden, out_dim=4, template=cfg.template)
+            self.decoder = FoldingNetDecoder(
+                cfg.latent_dim, cfg.decoder_hidden, out_dim=4, template=cfg.template
+            )
         else:
             self.decoder = ImplicitSDFDecoder(cfg.latent_dim, cfg.decoder_hidden)
 

@@ -91,7 +91,9 @@ class FeatureStore:
         with self._lock:
             self.db.open_table(table).delete(where_clause(filters))
 
-    def load(self, filters: dict[str, object] | None = None, table: str = TABLE) -> tuple[pd.DataFrame, np.ndarray]:
+    def load(
+        self, filters: dict[str, object] | None = None, table: str = TABLE
+    ) -> tuple[pd.DataFrame, np.ndarray]:
         """Metadata and ``[n, d]`` vectors of the rows matching the filters, ordered by cell_id."""
         if table not in self.table_names():
             return pd.DataFrame(columns=META_COLUMNS), np.zeros((0, 0), np.float32)

@@ -1,0 +1,282 @@
+"""Reading and validating one cell's image file, and reading a manifest of cells."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tifffile
+
+from cellrep_core.errors import CellInputError
+
+MANIFEST_COLUMNS: tuple[str, ...] = (
+    "cell_id",
+    "dataset",
+    "plate_id",
+    "well",
+    "drug",
+    "structure_name",
+    "shape_type",
+    "label",
+    "path",
+    "channels",
+    "voxel_size_um",
+    "seed",
+)
+REQUIRED_MANIFEST_COLUMNS: tuple[str, ...] = ("cell_id", "path", "channels")
+MANIFEST_DEFAULTS: dict[str, object] = {
+    "dataset": "",
+    "plate_id": "",
+    "well": "",
+    "drug": "",
+    "structure_name": "",
+    "shape_type": "",
+    "label": "",
+    "voxel_size_um": 1.0,
+    "seed": -1,
+}
+ALL_FOREGROUND_FRACTION = 0.99
+_STRING_COLUMNS = tuple(c for c in MANIFEST_COLUMNS if c not in ("voxel_size_um", "seed"))
+
+
+def _split_channels(channels: list[str] | tuple[str, ...] | str) -> list[str]:
+    """Return channel names from a list or a ';'-joined string."""
+    if isinstance(channels, str):
+        return [c.strip() for c in channels.split(";") if c.strip()]
+    return [str(c) for c in channels]
+
+
+def read_cell_image(path: Path, channels: list[str], cell_id: str) -> dict[str, np.ndarray]:
+    """Read one cell's CZYX (or single-channel ZYX) TIFF and return channel name -> ZYX array."""
+    path = Path(path)
+    names = _split_channels(channels)
+    if not names or len(set(names)) != len(names):
+        raise CellInputError(
+            cell_id,
+            path,
+            "unknown_channel",
+            f"the manifest lists channels {names!r} for {path}; list each channel of the file once, "
+            "in file order, joined by ';' (e.g. 'nucleus;structure').",
+        )
+    if not path.is_file():
+        raise CellInputError(
+            cell_id,
+            path,
+            "unreadable",
+            f"{path} does not exist; fix the manifest's path column (relative to the manifest's folder) "
+            "or restore the file.",
+        )
+    try:
+        with tifffile.TiffFile(path) as tif:
+            arr = tif.asarray()
+    except Exception as exc:  # any reader failure means the file cannot be used
+        raise CellInputError(
+            cell_id,
+            path,
+            "unreadable",
+            f"{path} cannot be read as a TIFF ({type(exc).__name__}: {exc}); the file is truncated, "
+            "corrupt or not a TIFF: re-export it as a CZYX TIFF or drop the cell from the manifest.",
+        ) from exc
+    arr = np.asarray(arr)
+    while arr.ndim > 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 4 and arr.shape[0] == len(names):
+        planes = arr
+    elif arr.ndim == 3 and len(names) == 1:
+        planes = arr[None]
+    else:
+        raise CellInputError(
+            cell_id,
+            path,
+            "wrong_dimensionality",
+            f"{path} holds an array of shape {tuple(arr.shape)}, expected CZYX with C={len(names)} for "
+            f"channels {names!r} (or ZYX for one channel); fix the manifest's channels column or "
+            "re-export the image as CZYX.",
+        )
+    if np.issubdtype(planes.dtype, np.floating):
+        bad = [n for n, plane in zip(names, planes, strict=True) if not np.isfinite(plane).all()]
+        if bad:
+            raise CellInputError(
+                cell_id,
+                path,
+                "nan_intensity",
+                f"{path} has NaN or infinite values in channel(s) {bad!r}; re-export the image with "
+                "finite values (e.g. replace NaN by 0) or drop the cell.",
+            )
+    return {name: planes[k] for k, name in enumerate(names)}
+
+
+def _require_channels(images: dict, names: tuple[str, ...], cell_id: str, path: Path | str | None) -> None:
+    """Raise ``unknown_channel`` when one of ``names`` is missing from ``images``."""
+    missing = [n for n in names if n not in images]
+    if missing:
+        raise CellInputError(
+            cell_id,
+            path,
+            "unknown_channel",
+            f"{path} has channels {sorted(images)!r} but lacks {missing!r}; name the channels "
+            f"{list(names)!r} in the manifest's channels column, in file order.",
+        )
+
+
+def _check_same_zyx(arrays: dict[str, np.ndarray], cell_id: str, path: Path | str | None) -> None:
+    """Raise ``wrong_dimensionality`` unless all arrays are 3-D with the same shape."""
+    shapes = {n: tuple(a.shape) for n, a in arrays.items()}
+    if any(len(s) != 3 for s in shapes.values()) or len(set(shapes.values())) != 1:
+        raise CellInputError(
+            cell_id,
+            path,
+            "wrong_dimensionality",
+            f"{path} has channel shapes {shapes}; every channel must be one ZYX volume of the same shape: "
+            "re-export the image as CZYX.",
+        )
+
+
+def _check_finite(arrays: dict[str, np.ndarray], cell_id: str, path: Path | str | None) -> None:
+    """Raise ``nan_intensity`` when a float channel holds NaN or inf."""
+    bad = [n for n, a in arrays.items() if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all()]
+    if bad:
+        raise CellInputError(
+            cell_id,
+            path,
+            "nan_intensity",
+            f"{path} has NaN or infinite values in channel(s) {bad!r}; re-export the image with finite "
+            "values or drop the cell.",
+        )
+
+
+def _check_nucleus(nucleus: np.ndarray, cell_id: str, path: Path | str | None) -> np.ndarray:
+    """Return the nucleus mask, raising ``empty_nucleus`` or ``all_foreground`` on a bad segmentation."""
+    mask = nucleus > 0
+    if not mask.any():
+        raise CellInputError(
+            cell_id,
+            path,
+            "empty_nucleus",
+            f"{path} has an empty nucleus mask; re-run the nucleus segmentation for this cell or drop it.",
+        )
+    if mask.mean() >= ALL_FOREGROUND_FRACTION:
+        raise CellInputError(
+            cell_id,
+            path,
+            "all_foreground",
+            f"{path}: the nucleus mask fills {mask.mean():.1%} of the volume, so it is not a segmentation "
+            "of one nucleus; check the channel order in the manifest or re-segment the cell.",
+        )
+    return mask
+
+
+def validate_polymorphic(
+    images: dict[str, np.ndarray], cell_id: str, path: Path | str | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return (nucleus mask, structure mask inside the nucleus) as bool arrays, or raise CellInputError."""
+    _require_channels(images, ("nucleus", "structure"), cell_id, path)
+    arrays = {n: np.asarray(images[n]) for n in ("nucleus", "structure")}
+    _check_same_zyx(arrays, cell_id, path)
+    _check_finite(arrays, cell_id, path)
+    nucleus = _check_nucleus(arrays["nucleus"], cell_id, path)
+    structure = arrays["structure"] > 0
+    if not structure.any():
+        raise CellInputError(
+            cell_id,
+            path,
+            "empty_segmentation",
+            f"{path} has an empty structure segmentation; re-run the structure segmentation for this cell "
+            "or drop it from the manifest.",
+        )
+    if structure.mean() >= ALL_FOREGROUND_FRACTION:
+        raise CellInputError(
+            cell_id,
+            path,
+            "all_foreground",
+            f"{path}: the structure mask fills {structure.mean():.1%} of the volume; the segmentation "
+            "failed (threshold too low or inverted): re-segment the cell.",
+        )
+    inside = structure & nucleus
+    if not inside.any():
+        raise CellInputError(
+            cell_id,
+            path,
+            "structure_outside_nucleus",
+            f"{path}: the structure mask ({int(structure.sum())} voxels) lies entirely outside the nucleus "
+            "mask; check that the nucleus and structure channels belong to the same cell and are in the "
+            "manifest's channel order.",
+        )
+    return nucleus, inside
+
+
+def validate_punctate(
+    images: dict[str, np.ndarray], cell_id: str, path: Path | str | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return (raw intensity as float32, nucleus mask as bool), or raise CellInputError."""
+    _require_channels(images, ("raw", "nucleus"), cell_id, path)
+    arrays = {n: np.asarray(images[n]) for n in ("raw", "nucleus")}
+    _check_same_zyx(arrays, cell_id, path)
+    _check_finite(arrays, cell_id, path)
+    nucleus = _check_nucleus(arrays["nucleus"], cell_id, path)
+    raw = arrays["raw"].astype(np.float32, copy=False)
+    if not np.any(raw[nucleus] != 0):
+        raise CellInputError(
+            cell_id,
+            path,
+            "empty_intensity",
+            f"{path}: the raw intensity is 0 everywhere inside the nucleus; check the channel order in the "
+            "manifest or re-acquire/re-export the raw channel.",
+        )
+    return raw, nucleus
+
+
+def resolve_cell_path(manifest_path: Path, cell_path: str | Path) -> Path:
+    """Return a manifest row's file path, resolved relative to the manifest's folder."""
+    p = Path(cell_path)
+    return p if p.is_absolute() else Path(manifest_path).parent / p
+
+
+def _to_int(value: str) -> int:
+    """Parse an integer written either as '12' or as '12.0'."""
+    try:
+        return int(value)
+    except ValueError:
+        f = float(value)
+        if not f.is_integer():
+            raise
+        return int(f)
+
+
+def read_manifest(path: Path) -> pd.DataFrame:
+    """Read a manifest (CSV or Parquet), check its columns and fill optional ones with defaults."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest {path} does not exist")
+    if path.suffix.lower() in (".parquet", ".pq"):
+        df = pd.read_parquet(path)
+    else:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in REQUIRED_MANIFEST_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(
+            f"manifest {path} lacks required column(s) {missing}; a manifest needs at least "
+            f"{list(REQUIRED_MANIFEST_COLUMNS)} (channels as ';'-joined names in file order)."
+        )
+    df = df.copy()
+    for col, default in MANIFEST_DEFAULTS.items():
+        if col not in df.columns:
+            df[col] = default
+    for col in _STRING_COLUMNS:
+        df[col] = df[col].astype(object).where(df[col].notna(), "").map(str).astype(str)
+    for col, kind in (("voxel_size_um", float), ("seed", int)):
+        values = df[col].astype(object).where(df[col].notna(), "").map(str).str.strip()
+        values = values.where(values != "", str(MANIFEST_DEFAULTS[col]))
+        try:
+            df[col] = values.map(_to_int if kind is int else float).astype("int64" if kind is int else "float64")
+        except ValueError as exc:
+            raise ValueError(f"manifest {path}: column {col!r} has a non-numeric value ({exc})") from exc
+    empty = [c for c in REQUIRED_MANIFEST_COLUMNS if (df[c] == "").any()]
+    if empty:
+        raise ValueError(f"manifest {path} has empty values in required column(s) {empty}")
+    dup = df["cell_id"][df["cell_id"].duplicated()].unique().tolist()
+    if dup:
+        raise ValueError(f"manifest {path} has duplicate cell_id values {dup[:5]}; cell ids must be unique")
+    extras = [c for c in df.columns if c not in MANIFEST_COLUMNS]
+    return df[list(MANIFEST_COLUMNS) + extras].reset_index(drop=True)

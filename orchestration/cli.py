@@ -1,0 +1,29 @@
+"""``cellrep`` with the orchestration commands added: ``demo``."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from cellrep_core import cli as core_cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``cellrep`` console script."""
+    parser = core_cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    d = sub.add_parser("demo", help="materialize the whole asset graph on the embedded synthetic data")
+    d.add_argument("--null-size", type=int, default=10000)
+    d.add_argument("--quick", action="store_true", help="tiny data and models (smoke test)")
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from orchestration.demo import run_demo
+
+        logging.basicConfig(level=logging.WARNING)
+        run_demo(null_size=args.null_size, quick=args.quick)
+        return 0
+    try:
+        return core_cli.run(args)
+    except (PermissionError, LookupError, ValueError) as err:
+        print(f"cellrep: {err}", file=sys.stderr)
+        return 2
