@@ -10,6 +10,7 @@ import dagster as dg
 
 from cellrep_core import paths
 
+LOG_LEVEL = os.environ.get("CELLREP_LOG_LEVEL", "WARNING")
 DEMO_PLATES = {"plate_01": 101, "plate_02": 202}
 
 DAGSTER_YAML = """\
@@ -43,8 +44,9 @@ def _materialize(inst: dg.DagsterInstance, selection: dg.AssetSelection, partiti
                  run_config: dict | None = None) -> None:
     from orchestration.definitions import all_assets, resources
 
+    run_config = {**(run_config or {}), "loggers": {"console": {"config": {"log_level": LOG_LEVEL}}}}
     res = dg.materialize(all_assets, selection=selection, instance=inst, resources=resources,
-                         partition_key=partition_key, run_config=run_config or {}, raise_on_error=True)
+                         partition_key=partition_key, run_config=run_config, raise_on_error=True)
     assert res.success
 
 

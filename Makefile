@@ -1,0 +1,44 @@
+# cellrep: `make demo` and `make test` work from a fresh clone (they install first).
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+CELLREP_HOME ?= $(CURDIR)/.cellrep
+export CELLREP_HOME
+
+.PHONY: install demo test ui lint clean
+
+$(STAMP): pyproject.toml
+	@command -v gfortran >/dev/null 2>&1 || { \
+	  echo "installing gfortran (escnn's py3nj compiles Fortran)"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq gfortran; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq gfortran; fi; }
+	@test -x $(PY) || { command -v $(PYTHON) >/dev/null 2>&1 && $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV); }
+	$(PIP) install -q --upgrade pip setuptools wheel
+	# torch first, pinned: on CPU machines this takes the CPU build instead of several GB of CUDA wheels
+	$(PIP) install -q "torch==2.13.0"
+	$(PIP) install -q -e ".[dev]"
+	$(PIP) check
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/cellrep demo
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest
+
+ui: $(STAMP)
+	@mkdir -p $(CELLREP_HOME)/dagster
+	DAGSTER_HOME=$${DAGSTER_HOME:-$(CELLREP_HOME)/dagster} $(VENV)/bin/python -c "from orchestration.demo import dagster_home; dagster_home()"
+	DAGSTER_HOME=$${DAGSTER_HOME:-$(CELLREP_HOME)/dagster} $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(CELLREP_HOME)

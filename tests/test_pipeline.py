@@ -1,0 +1,93 @@
+"""End to end on tiny synthetic data: the whole asset graph in-process, twice."""
+
+import duckdb
+import numpy as np
+import pytest
+
+from cellrep_core import paths
+from cellrep_core.cli import main as core_main
+from cellrep_core.cli import nearest_cells, run_sql, write_synthetic_plate
+from cellrep_core.store.feature_store import FeatureStore
+from cellrep_core.store.warehouse import Warehouse
+
+PLATES = {"pA": 5, "pB": 6}
+
+
+def _counts():
+    wh = Warehouse()
+    q = wh.query(
+        "select (select count(*) from cells) cells, (select count(*) from drug_qvalues) q, "
+        "(select count(*) from quarantine) quarantine, (select count(*) from models) models"
+    ).iloc[0]
+    return {**q.to_dict(), "embeddings": FeatureStore().count()}
+
+
+@pytest.fixture(scope="module")
+def demo_home(tmp_path_factory):
+    """Run the tiny demo twice in one storage root; return the row counts of both runs."""
+    mp = pytest.MonkeyPatch()
+    home = tmp_path_factory.mktemp("e2e")
+    mp.setenv("CELLREP_HOME", str(home))
+    mp.setenv("DAGSTER_HOME", str(home / "dagster"))
+    from orchestration.demo import run_demo
+
+    for pid, seed in PLATES.items():
+        write_synthetic_plate(pid, seed=seed, n_dmso=8, n_per_drug=5)
+    run_demo(plates=PLATES, null_size=500, quick=True)
+    first = _counts()
+    run_demo(plates=PLATES, null_size=500, quick=True)
+    second = _counts()
+    yield home, first, second
+    mp.undo()
+
+
+def test_rerun_leaves_same_row_counts(demo_home):
+    _, first, second = demo_home
+    assert first == second
+    # 24 polymorphic + 4x6 punctate reference cells, 2 plates of 8 DMSO + 6 drugs x 5 valid cells
+    assert first["cells"] == 24 + 24 + 2 * (8 + 30)
+    assert first["embeddings"] == first["cells"]
+    assert first["q"] == 2 * 6 * 2  # plates x drugs x feature sets
+
+
+def test_bad_cells_quarantined_rest_processed(demo_home):
+    wh = Warehouse()
+    q = wh.query("select plate_id, reason, detail, source_path from quarantine order by plate_id, reason")
+    assert list(q.reason) == ["empty_segmentation", "unreadable"] * 2
+    assert all(r.source_path.endswith(".tiff") and r.source_path.split("/")[-1].split(".")[0] in r.detail
+               or r.detail for r in q.itertuples())
+    per_plate = wh.query("select plate_id, count(*) n from cells where dataset='drug_plates' group by 1 order by 1")
+    assert list(per_plate.n) == [38, 38]
+
+
+def test_rotation_invariance_stored_for_so3_models(demo_home):
+    m = Warehouse().query("select model, value from benchmark_metrics where metric = 'rotation_invariance_error'")
+    assert len(m) == 2 and (m.value < 1e-3).all()
+
+
+def test_sql_is_read_only_and_sees_embeddings(demo_home):
+    with pytest.raises(PermissionError, match="read-only"):
+        run_sql("delete from cells")
+    assert core_main(["sql", "insert into drug_truth values ('a','b','c')"]) == 2
+    df = run_sql("select cell_id, vector from cell_embeddings limit 3")
+    assert len(df) == 3 and len(df.vector[0]) > 0
+    # SQL over embeddings agrees with the Python search
+    cid = run_sql("select cell_id from cells where dataset='drug_plates' order by cell_id limit 1").cell_id[0]
+    top = run_sql(f"""
+        with q as (select vector, model_version from cell_embeddings where cell_id = '{cid}')
+        select e.cell_id from cell_embeddings e, q where e.model_version = q.model_version and e.cell_id <> '{cid}'
+        order by array_cosine_similarity(e.vector, q.vector) desc limit 1""").cell_id[0]
+    near = nearest_cells(cell_id=cid, k=2)
+    assert near.cell_id.iloc[0] == cid and near.cell_id.iloc[1] == top
+
+
+def test_nearest_filters_and_paths(demo_home):
+    cid = "pA_B02_000"
+    near = nearest_cells(cell_id=cid, k=5, filters={"plate_id": "pB"})
+    assert (near.plate_id == "pB").all() and cid not in set(near.cell_id)
+    assert paths.warehouse_path().exists()
+    with duckdb.connect(str(paths.warehouse_path()), read_only=True) as con:
+        n = con.execute("select count(*) from drug_truth").fetchone()[0]
+    assert n == 12
+    meta, vecs = FeatureStore().load({"plate_id": "pA"})
+    assert np.isfinite(vecs).all() and len(meta) == 38

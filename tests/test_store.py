@@ -1,0 +1,70 @@
+"""Warehouse and feature store: idempotent writes, read-only reads, nearest cells with filters."""
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+from cellrep_core.store.feature_store import FeatureStore, where_clause
+from cellrep_core.store.warehouse import Warehouse
+
+
+def _meta(n, version="v1", plate="p1"):
+    return pd.DataFrame({
+        "cell_id": [f"c{i:03d}" for i in range(n)], "dataset": "d", "plate_id": plate,
+        "drug": ["DMSO" if i % 2 else "x" for i in range(n)], "structure_name": "s",
+        "model_name": "m", "model_version": version,
+    })
+
+
+def test_feature_store_upsert_never_duplicates(tmp_path):
+    fs = FeatureStore(tmp_path / "lance")
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(20, 8))
+    fs.upsert(_meta(20), v)
+    fs.upsert(_meta(20), v + 1)
+    assert fs.count() == 20
+    meta, vecs = fs.load({"model_version": "v1"})
+    assert np.allclose(vecs, (v + 1).astype(np.float32))  # the second write replaced the first
+    fs.upsert(_meta(20, "v2"), v)
+    assert fs.count() == 40
+    with pytest.raises(ValueError, match="duplicate key"):
+        fs.upsert(pd.concat([_meta(2), _meta(2)]), rng.normal(size=(4, 8)))
+
+
+def test_nearest_self_first_and_filters(tmp_path):
+    fs = FeatureStore(tmp_path / "lance")
+    rng = np.random.default_rng(1)
+    v = rng.normal(size=(30, 8))
+    fs.upsert(_meta(30), v)
+    fs.upsert(_meta(30, plate="p2").assign(cell_id=lambda d: d.cell_id + "_b"), rng.normal(size=(30, 8)))
+    res = fs.nearest(v[7], k=5, filters={"plate_id": "p1"})
+    assert res.iloc[0]["cell_id"] == "c007" and res.iloc[0]["distance"] < 1e-5
+    assert (res.plate_id == "p1").all() and len(res) == 5
+    res = fs.nearest(v[7], k=5, filters={"drug": "DMSO", "plate_id": ["p1", "p2"]})
+    assert (res.drug == "DMSO").all()
+    # cosine distances are sorted and agree with numpy
+    vv = np.concatenate([v, fs.load({"plate_id": "p2"})[1]])
+    cos = 1 - (vv @ v[7]) / (np.linalg.norm(vv, axis=1) * np.linalg.norm(v[7]))
+    assert np.isclose(res.distance.iloc[1], np.sort(cos[[i for i in range(60) if (i % 30) % 2]])[1], atol=1e-4)
+    with pytest.raises(ValueError, match="cannot filter"):
+        where_clause({"vector": 1})
+
+
+def test_warehouse_replace_is_atomic_and_idempotent(tmp_path):
+    wh = Warehouse(tmp_path / "w.duckdb")
+    df = pd.DataFrame({"plate_id": ["p1"] * 3, "drug": ["a", "b", "c"], "planted_effect": ["none"] * 3})
+    wh.replace("drug_truth", df, {"plate_id": "p1"})
+    wh.replace("drug_truth", df, {"plate_id": "p1"})
+    wh.replace("drug_truth", df.assign(plate_id="p2"), {"plate_id": "p2"})
+    assert wh.query("select count(*) n from drug_truth").n[0] == 6
+    # a failing write rolls back: the delete of p1 does not stick
+    with pytest.raises(duckdb.Error):
+        wh.replace("drug_truth", pd.DataFrame({"plate_id": ["p1"], "no_such_column": [1]}), {"plate_id": "p1"})
+    assert wh.query("select count(*) n from drug_truth where plate_id='p1'").n[0] == 3
+
+
+def test_warehouse_reads_are_read_only(tmp_path):
+    wh = Warehouse(tmp_path / "w.duckdb")
+    with wh.read() as con, pytest.raises(duckdb.Error, match="read-only"):
+        con.execute("insert into drug_truth values ('p', 'd', 'none')")
