@@ -83,12 +83,13 @@ def topo_order(models: list[SqlModel]) -> list[SqlModel]:
 
 def _line_of(err: Exception, model: SqlModel) -> str:
     m = re.search(r"LINE (\d+)", str(err))
-    return f"{model.path}:{m.group(1)}" if m else str(model.path)
+    # the statement starts with one line of CREATE ... AS before the file's first line
+    return f"{model.path}:{int(m.group(1)) - 1}" if m else str(model.path)
 
 
 def materialize(wh: Warehouse, model: SqlModel) -> int:
     """Create or replace the model's table; errors name the file and line. Returns the row count."""
-    body = model.sql.strip().rstrip(";")
+    body = model.sql.rstrip().rstrip(";")
     try:
         with wh.write() as con:
             con.execute(f'CREATE OR REPLACE TABLE "{model.name}" AS\n{body}')

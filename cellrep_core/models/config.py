@@ -25,7 +25,7 @@ class ModelConfig(BaseModel):
     n_query: int = 20000
     decoder_hidden: int = 512
     template: Literal["plane", "sphere"] = "plane"
-    sdf_clip: float = 0.5
+    sdf_clip: float = 0.1
     surface_noise: float = 0.005
     lr: float = 2e-4
     batch_size: int = 32

@@ -52,8 +52,20 @@ class CloudDataset(Dataset):
         self.items, self.cfg, self.train = items, cfg, train
         self.rng = np.random.default_rng(seed)
         self.grid = None
+        self._near: dict[int, np.ndarray] = {}
         if cfg.kind == "sdf":
             self.grid = query_grid(round(len(items[0].sdf) ** (1 / 3))) if items else None
+
+    def _query_indices(self, i: int, rng: np.random.Generator) -> np.ndarray:
+        """Half of the queries near the surface (|sdf| below the clip), half uniform over the grid."""
+        sdf = self.items[i].sdf
+        n = min(self.cfg.n_query, len(sdf))
+        near = self._near[i] if i in self._near else self._near.setdefault(
+            i, np.flatnonzero(np.abs(sdf) < self.cfg.sdf_clip))
+        n_near = min(n // 2, len(near))
+        picked = rng.choice(near, size=n_near, replace=False) if n_near else np.zeros(0, np.int64)
+        rest = rng.choice(len(sdf), size=n - n_near, replace=False)
+        return np.concatenate([picked, rest])
 
     def __len__(self) -> int:
         return len(self.items)
@@ -63,8 +75,7 @@ class CloudDataset(Dataset):
         rng = self.rng if self.train else np.random.default_rng(cell_seed(item.cell_id, self.cfg.seed))
         out = {"points": torch.from_numpy(_draw_points(item, self.cfg, rng, noise=self.train))}
         if self.cfg.kind == "sdf":
-            m = len(item.sdf)
-            q = rng.choice(m, size=min(self.cfg.n_query, m), replace=False)
+            q = self._query_indices(i, rng)
             out["query"] = torch.from_numpy(self.grid[q])
             out["sdf"] = torch.from_numpy(item.sdf[q].astype(np.float32))
         return out

@@ -71,18 +71,21 @@ class ImplicitSDFDecoder(nn.Module):
     Rotating the query points and the latent vectors together leaves the output unchanged.
     """
 
-    def __init__(self, latent_dim: int, hidden: int = 256, n_blocks: int = 3) -> None:
+    def __init__(self, latent_dim: int, hidden: int = 256, n_blocks: int = 3, code_dim: int = 0) -> None:
         super().__init__()
         self.vn = VNLinear(latent_dim, latent_dim)
-        self.fc_in = nn.Linear(1 + 2 * latent_dim, hidden)
+        self.fc_in = nn.Linear(1 + 2 * latent_dim + code_dim, hidden)
         self.blocks = nn.Sequential(*[_ResBlock(hidden) for _ in range(n_blocks)])
         self.fc_out = nn.Linear(hidden, 1)
 
-    def forward(self, vectors: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-        """Predict ``[B, M]`` SDF values from ``[B, L, 3]`` latent vectors and ``[B, M, 3]`` queries."""
+    def forward(self, vectors: torch.Tensor, query: torch.Tensor, code: torch.Tensor | None = None) -> torch.Tensor:
+        """Predict ``[B, M]`` SDF values from ``[B, L, 3]`` latent vectors, an optional invariant code
+        ``[B, D]`` and ``[B, M, 3]`` queries."""
         pp = (query * query).sum(-1, keepdim=True)
         pc = torch.einsum("bmi,bci->bmc", query, vectors)
         cc = (vectors * self.vn(vectors.unsqueeze(-1)).squeeze(-1)).sum(-1)
+        if code is not None:
+            cc = torch.cat([cc, code], dim=-1)
         cc = cc.unsqueeze(1).expand(-1, query.shape[1], -1)
         h = self.fc_in(torch.cat([pp, pc, cc], dim=-1))
         return self.fc_out(torch.relu(self.blocks(h))).squeeze(-1)

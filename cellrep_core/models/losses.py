@@ -12,5 +12,9 @@ def chamfer_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def sdf_l1(pred: torch.Tensor, target: torch.Tensor, clip: float) -> torch.Tensor:
-    """L1 between predicted and target signed distances clipped to ``[-clip, clip]``, per batch item."""
-    return (pred.clamp(-clip, clip) - target.clamp(-clip, clip)).abs().mean(dim=1)
+    """L1 between predictions and target signed distances clipped to ``[-clip, clip]``, per batch item.
+
+    Only the target is clipped: clipping the prediction too (as DeepSDF does) gives zero gradient wherever
+    the untrained decoder starts outside the band, and training never leaves the constant solution.
+    """
+    return (pred - target.clamp(-clip, clip)).abs().mean(dim=1)

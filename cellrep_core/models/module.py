@@ -29,10 +29,10 @@ class PointCloudAutoencoder(L.LightningModule):
         )
         if cfg.kind == "punctate":
             self.decoder = FoldingNetDecoder(
-                cfg.latent_dim, cfg.decoder_hidden, out_dim=4, template=cfg.template
+                2 * cfg.latent_dim, cfg.decoder_hidden, out_dim=4, template=cfg.template
             )
         else:
-            self.decoder = ImplicitSDFDecoder(cfg.latent_dim, cfg.decoder_hidden)
+            self.decoder = ImplicitSDFDecoder(cfg.latent_dim, cfg.decoder_hidden, code_dim=2 * cfg.latent_dim)
 
     def forward(self, points: torch.Tensor) -> dict[str, torch.Tensor]:
         """Encode ``[B, N, D]`` points into vectors, rotation and invariant code ``z``."""
@@ -49,7 +49,7 @@ class PointCloudAutoencoder(L.LightningModule):
         enc = self.encoder(batch["points"])
         if self.cfg.kind == "punctate":
             return chamfer_distance(self.decode_points(enc), batch["points"])
-        pred = self.decoder(enc["vectors"], batch["query"])
+        pred = self.decoder(enc["vectors"], batch["query"], enc["z"])
         return sdf_l1(pred, batch["sdf"], self.cfg.sdf_clip)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

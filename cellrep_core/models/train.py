@@ -171,12 +171,12 @@ def embed_points(model: PointCloudAutoencoder, points: np.ndarray, batch_size: i
     for s in range(0, len(points), batch_size):
         x = torch.as_tensor(points[s : s + batch_size], dtype=torch.float32, device=dev)
         out.append(model(x)["z"].float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.cfg.latent_dim), np.float32)
+    return np.concatenate(out) if out else np.zeros((0, 2 * model.cfg.latent_dim), np.float32)
 
 
 def embed_items(model: PointCloudAutoencoder, items: list[CloudItem], batch_size: int = 32) -> np.ndarray:
     """Invariant codes of cells from their fixed input draws."""
     if not items:
-        return np.zeros((0, model.cfg.latent_dim), np.float32)
+        return np.zeros((0, 2 * model.cfg.latent_dim), np.float32)
     pts = np.stack([fixed_points(it, model.cfg) for it in items])
     return embed_points(model, pts, batch_size)

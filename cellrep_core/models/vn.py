@@ -20,9 +20,14 @@ EPS = 1e-6
 
 
 def knn(points: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices ``[B, N, k]`` of the k nearest neighbours (self included) of ``[B, N, 3]`` points."""
-    sq = (points * points).sum(-1)
-    dist = sq.unsqueeze(2) - 2.0 * points @ points.transpose(1, 2) + sq.unsqueeze(1)
+    """Indices ``[B, N, k]`` of the k nearest neighbours (self included) of ``[B, N, 3]`` points.
+
+    Distances are computed in float64: in float32 the ``|x|² - 2x·y + |y|²`` expansion cancels
+    catastrophically for close points, which makes the graph (and the code) depend on the orientation.
+    """
+    p = points.detach().double()
+    sq = (p * p).sum(-1)
+    dist = sq.unsqueeze(2) - 2.0 * p @ p.transpose(1, 2) + sq.unsqueeze(1)
     return dist.topk(k, dim=-1, largest=False).indices
 
 
@@ -152,9 +157,9 @@ class VNEdgeConv(nn.Module):
 
 def rotation_from_vectors(v: torch.Tensor) -> torch.Tensor:
     """Gram–Schmidt on two ``[B, 2, 3]`` vectors; returns ``[B, 3, 3]`` rotations with columns u1, u2, u3."""
-    u1 = v[:, 0] / (v[:, 0].norm(dim=-1, keepdim=True) + EPS)
+    u1 = torch.nn.functional.normalize(v[:, 0], dim=-1, eps=1e-12)
     v2 = v[:, 1] - (v[:, 1] * u1).sum(-1, keepdim=True) * u1
-    u2 = v2 / (v2.norm(dim=-1, keepdim=True) + EPS)
+    u2 = torch.nn.functional.normalize(v2, dim=-1, eps=1e-12)
     u3 = torch.cross(u1, u2, dim=-1)
     return torch.stack([u1, u2, u3], dim=-1)
 
@@ -195,7 +200,7 @@ class VNDGCNNEncoder(nn.Module):
         self.latent_dim = latent_dim
 
     def forward(self, pts: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Encode ``[B, N, 3|4]`` points: ``vectors [B, L, 3]``, ``rotation [B, 3, 3]``, ``z [B, L]``."""
+        """Encode ``[B, N, 3|4]`` points: ``vectors [B, L, 3]``, ``rotation [B, 3, 3]``, ``z [B, 2L]``."""
         xyz = pts[..., :3]
         idx = knn(xyz, self.k)
         x = xyz.transpose(1, 2).unsqueeze(1)  # [B, 1, 3, N]
@@ -210,5 +215,8 @@ class VNDGCNNEncoder(nn.Module):
         h = self.mix(self.bn(torch.cat(outs, dim=1)))  # [B, L, 3, N]
         vectors = h.mean(-1)  # [B, L, 3]
         rotation = rotation_from_vectors(self.to_rot(vectors.unsqueeze(-1)).squeeze(-1))
-        z = vectors.norm(dim=-1)
+        # invariant code: norms of the pooled latent vectors, and the mean over points of the per-point
+        # norms. The second half matters: VN layers commute with -I, so the pooled vectors of a centrally
+        # symmetric shape cancel out, while per-point norms do not.
+        z = torch.cat([vectors.norm(dim=-1), h.norm(dim=2).mean(-1)], dim=1)
         return {"vectors": vectors, "rotation": rotation, "z": z}
