@@ -19,7 +19,7 @@ from cellrep_core.ingest import ingest_manifest
 from cellrep_core.metrics.rotation import random_rotations, rotation_invariance_error, z90_rotations
 from cellrep_core.models.config import ModelConfig, get_config
 from cellrep_core.models.data import fixed_points
-from cellrep_core.models.train import TrainedModel, embed_items, load_model, read_lineage, train_model
+from cellrep_core.models.train import TrainedModel, device_accelerator, embed_items, load_model, read_lineage, train_model
 from cellrep_core.pointclouds.build import SamplingConfig, build_pointclouds, read_pointclouds
 from cellrep_core.profiling.features import HANDCRAFTED_FEATURES
 from cellrep_core.profiling.mapping import drug_map_qvalues
@@ -259,7 +259,7 @@ def benchmark(
             f"90° about z, max {z90['max']:.2e}",
         ),
         ("n_parameters", float(sum(p.numel() for p in model.parameters())), None, 1, ""),
-        ("inference_seconds_per_cell", per_cell, None, len(items), "CPU" if True else ""),
+        ("inference_seconds_per_cell", per_cell, None, len(items), device_accelerator()),
         (
             "best_val_loss",
             lin["metrics"].get("best_val_loss"),

@@ -75,9 +75,9 @@ def test_sdf_prediction_is_invariant_to_joint_rotation():
     q = torch.from_numpy(_cloud(64, 3, 4))[None]
     r = ROTS[2]
     with torch.no_grad():
-        a = model.decoder(model(x)["vectors"], q)
-        b = model.decoder(model(torch.from_numpy(rotate_points(x.numpy(), r)))["vectors"],
-                          torch.from_numpy(rotate_points(q.numpy(), r)))
+        ea, eb = model(x), model(torch.from_numpy(rotate_points(x.numpy(), r)))
+        a = model.decoder(ea["vectors"], q, ea["z"])
+        b = model.decoder(eb["vectors"], torch.from_numpy(rotate_points(q.numpy(), r)), eb["z"])
     assert torch.allclose(a, b, atol=1e-4)
 
 
@@ -125,3 +125,10 @@ def test_trained_sdf_model_separates_sizes_and_stays_invariant(tmp_path):
     pts = np.stack([fixed_points(it, cfg) for it in items])
     res = rotation_invariance_error(model, pts, ROTS)
     assert res["mean"] < 1e-3 and res["max"] < 1e-3
+    # small and large balls fall on either side: every cell is closer to its own size's centroid
+    z = embed_items(model, items)
+    z = (z - z.mean(0)) / (z.std(0) + 1e-8)
+    big = np.array([i % 2 == 1 for i in range(len(items))])
+    c_small, c_big = z[~big].mean(0), z[big].mean(0)
+    closer_big = np.linalg.norm(z - c_big, axis=1) < np.linalg.norm(z - c_small, axis=1)
+    assert (closer_big == big).all()
