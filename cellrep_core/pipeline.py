@@ -19,7 +19,14 @@ from cellrep_core.ingest import ingest_manifest
 from cellrep_core.metrics.rotation import random_rotations, rotation_invariance_error, z90_rotations
 from cellrep_core.models.config import ModelConfig, get_config
 from cellrep_core.models.data import fixed_points
-from cellrep_core.models.train import TrainedModel, device_accelerator, embed_items, load_model, read_lineage, train_model
+from cellrep_core.models.train import (
+    TrainedModel,
+    device_accelerator,
+    embed_items,
+    load_model,
+    read_lineage,
+    train_model,
+)
 from cellrep_core.pointclouds.build import SamplingConfig, build_pointclouds, read_pointclouds
 from cellrep_core.profiling.features import HANDCRAFTED_FEATURES
 from cellrep_core.profiling.mapping import drug_map_qvalues
@@ -92,10 +99,11 @@ def pointclouds(
     dataset: str,
     partition: str,
     plate_id: str = "",
-    cfg: SamplingConfig = SamplingConfig(),
+    cfg: SamplingConfig | None = None,
     n_workers: int | None = None,
 ) -> dict:
     """Sample the partition's cells into ``pointclouds/<dataset>/<partition>.parquet`` and index them."""
+    cfg = cfg or SamplingConfig()
     cells = cells_of(wh, dataset, plate_id)
     out = paths.pointcloud_path(dataset, partition)
     res = build_pointclouds(cells, out, cfg, n_workers=n_workers)
