@@ -24,6 +24,7 @@ from cellrep_core.models.train import (
     device_accelerator,
     embed_items,
     load_model,
+    load_whitening,
     read_lineage,
     train_model,
 )
@@ -311,9 +312,13 @@ def profile_plate(
         "WHERE h.plate_id = ? ORDER BY cell_id",
         [plate_id],
     )
+    model_path = wh.query("SELECT path FROM models WHERE model_version = ?", [model_version])
+    if model_path.empty:
+        raise LookupError(f"model version {model_version} is not in the models table")
+    whitening = load_whitening(Path(model_path.path.iloc[0]))
     out = []
     for feature_set, meta, feats in (
-        ("embedding", emb_meta[["cell_id", "plate_id", "drug"]], vecs),
+        ("embedding", emb_meta[["cell_id", "plate_id", "drug"]], whitening.transform(vecs)),
         ("handcrafted", hc[["cell_id", "plate_id", "drug"]], hc[list(HANDCRAFTED_FEATURES)].to_numpy(float)),
     ):
         res = drug_map_qvalues(

@@ -109,7 +109,7 @@ def test_training_writes_versioned_checkpoint_and_reuses_it(tmp_path):
     assert other.version != tm.version
     model = load_model(tm.path)
     z = embed_items(model, items)
-    assert z.shape == (12, 2 * cfg.latent_dim) and np.isfinite(z).all()
+    assert z.shape == (12, model.encoder.code_dim) and np.isfinite(z).all()
     # embedding is deterministic (fixed draws per cell)
     assert np.array_equal(z, embed_items(load_model(tm.path), items))
 

@@ -260,3 +260,54 @@ def test_plate_without_drugs_gives_empty_frame():
     meta = pd.DataFrame({"plate_id": "P", "drug": "DMSO", "cell_id": [f"c{i}" for i in range(5)]})
     res = drug_map_qvalues(meta, np.random.default_rng(0).normal(size=(5, 4)), null_size=100)
     assert list(res.columns) == list(RESULT_COLUMNS) and len(res) == 0
+
+
+# ------------------------------------------------------------------------------ whitening of model codes
+
+
+_LOADINGS = np.random.default_rng(99).uniform(0.5, 1.5, 40) * np.repeat([1.0, 0.05], 20)
+
+
+def _correlated_codes(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Codes like a model's: most dimensions follow one 'size' factor, plus small independent noise."""
+    return rng.normal(size=(n, 1)) * 10 * _LOADINGS + rng.normal(scale=0.3, size=(n, len(_LOADINGS)))
+
+
+def test_whitening_gives_unit_covariance_and_caps_axes():
+    from cellrep_core.models.train import Whitening
+
+    rng = np.random.default_rng(0)
+    z = _correlated_codes(rng, 200)
+    w = Whitening.fit(z)
+    assert w.components.shape[0] == 40  # every axis with real variance (fewer than 200 / 4)
+    zw = w.transform(z)
+    np.testing.assert_allclose(np.cov(zw.T), np.eye(zw.shape[1]), atol=1e-4)
+    # few cells: at most a quarter of them as axes; constant dimensions are dropped
+    assert Whitening.fit(z[:20]).components.shape[0] == 5
+    flat = np.concatenate([z[:, :3], np.ones((200, 30))], axis=1)
+    assert Whitening.fit(flat).components.shape[0] == 3
+    with pytest.raises(ValueError, match="at least 8 cells"):
+        Whitening.fit(z[:5])
+    with pytest.raises(ValueError, match="dimensions"):
+        w.transform(z[:, :10])
+
+
+def test_whitening_reveals_an_effect_orthogonal_to_the_dominant_factor():
+    """A shift along a low-variance axis drowns in the size factor under cosine; whitening recovers it,
+    and null drugs stay null because the transform is fitted on unlabelled reference codes."""
+    from cellrep_core.models.train import Whitening
+
+    rng = np.random.default_rng(1)
+    ref = _correlated_codes(rng, 200)
+    shift = np.zeros(40)
+    shift[30:34] = 0.5  # under two noise s.d. on four low-variance dimensions
+    rows, feats = [], []
+    for drug, n, eff in [("DMSO", 32, 0.0), ("shifted", 20, 1.0), *[(d, 20, 0.0) for d in NULL_DRUGS]]:
+        feats.append(_correlated_codes(rng, n) + eff * shift)
+        rows += [{"cell_id": f"{drug}_{i}", "plate_id": "P1", "drug": drug} for i in range(n)]
+    meta, z = pd.DataFrame(rows), np.concatenate(feats)
+    raw = drug_map_qvalues(meta, z, null_size=2000).set_index("drug")
+    white = drug_map_qvalues(meta, Whitening.fit(ref).transform(z), null_size=2000).set_index("drug")
+    assert raw.at["shifted", "q_value"] > 0.05
+    assert white.at["shifted", "q_value"] < 0.05
+    assert (white.loc[list(NULL_DRUGS), "q_value"] > 0.05).all()

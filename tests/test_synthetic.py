@@ -215,7 +215,7 @@ def test_polymorphic_manifest_determinism_and_labels(polymorphic, tmp_path):
         assert not (raw[1] > 0)[~nucleus].any()
         assert not (nucleus[0].any() or nucleus[-1].any() or nucleus[:, :, 0].any() or nucleus[:, -1].any())
         _, n = ndimage.label(structure, structure=CONN26)
-        assert row.label == str(n) and 1 <= n <= 6
+        assert row.label == str(n) and 1 <= n <= syn.REFERENCE_PIECES[1]
         _, _, info = syn.polymorphic_cell(*_regen_args(row.seed, 48))
         agree += info["n_components"] == info["n_pieces"]
         assert 0.5 * info["total_volume"] < structure.sum() <= 1.05 * info["total_volume"]
@@ -230,9 +230,9 @@ def test_polymorphic_manifest_determinism_and_labels(polymorphic, tmp_path):
 def _regen_args(seed: int, grid: int):
     """Rebuild polymorphic_cell arguments of a polymorphic data set cell from its seed."""
     rng = np.random.default_rng(seed)
-    n_pieces = int(rng.integers(1, 7))
-    volume = float(rng.uniform(1200.0, 3000.0)) * (grid / 64) ** 3
-    return rng, grid, n_pieces, volume, (1.0, 2.2)
+    n_pieces = int(rng.integers(syn.REFERENCE_PIECES[0], syn.REFERENCE_PIECES[1] + 1))
+    volume = float(rng.uniform(*syn.REFERENCE_VOLUME)) * (grid / 64) ** 3
+    return rng, grid, n_pieces, volume, syn.REFERENCE_ELONGATION
 
 
 def test_polymorphic_cell_parameters():
@@ -496,3 +496,14 @@ def test_read_manifest(tmp_path):
     dup = tmp_path / "dup.csv"
     pd.DataFrame({"cell_id": ["a", "a"], "path": ["a", "b"], "channels": ["x", "x"]}).to_csv(dup, index=False)
     assert len(read_manifest(dup)) == 2  # repeats are quarantined by ingestion, not fatal here
+
+
+@pytest.mark.parametrize("effect", syn.PLANTED_EFFECTS)
+def test_plate_conditions_stay_inside_the_reference_ranges(effect):
+    """A model trained on the reference set must have seen every shape a plate condition can draw."""
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        n_pieces, volume, (e_low, e_high) = syn.plate_cell_parameters(rng, effect)
+        assert syn.REFERENCE_PIECES[0] <= n_pieces <= syn.REFERENCE_PIECES[1]
+        assert syn.REFERENCE_VOLUME[0] <= volume <= syn.REFERENCE_VOLUME[1]
+        assert syn.REFERENCE_ELONGATION[0] <= e_low < e_high <= syn.REFERENCE_ELONGATION[1]

@@ -44,6 +44,13 @@ BACKGROUND = 100.0
 NUCLEOPLASM_BACKGROUND = 20.0
 READ_NOISE_SIGMA = 3.0
 
+# The polymorphic reference set spans the shape variation a model must represent: piece counts, total
+# volumes (voxels on the 64-grid) and piece elongations wider than any single plate condition, so that
+# every planted effect below stays inside the space the model was trained on.
+REFERENCE_PIECES: tuple[int, int] = (1, 8)
+REFERENCE_VOLUME: tuple[float, float] = (800.0, 3000.0)
+REFERENCE_ELONGATION: tuple[float, float] = (1.0, 3.6)
+
 PLANTED_EFFECTS: tuple[str, ...] = ("none", "shrink", "fragment", "elongate")
 DEFAULT_DRUGS: dict[str, str] = {
     "cmpd_01": "shrink",
@@ -500,9 +507,9 @@ def generate_polymorphic_dataset(
     for i in range(n_cells):
         cseed = cell_seed(seed, i)
         rng = np.random.default_rng(cseed)
-        n_pieces = int(rng.integers(1, 7))
-        volume = float(rng.uniform(1200.0, 3000.0)) * vol_scale
-        nmask, smask, info = polymorphic_cell(rng, grid, n_pieces, volume, (1.0, 2.2))
+        n_pieces = int(rng.integers(REFERENCE_PIECES[0], REFERENCE_PIECES[1] + 1))
+        volume = float(rng.uniform(*REFERENCE_VOLUME)) * vol_scale
+        nmask, smask, info = polymorphic_cell(rng, grid, n_pieces, volume, REFERENCE_ELONGATION)
         cell_id = f"{dataset}_{i:04d}"
         _write_cell_tiff(out_dir / f"{cell_id}.tiff", np.stack([_to_u8(nmask), _to_u8(smask)]))
         label = str(info["n_components"])

@@ -29,10 +29,10 @@ class PointCloudAutoencoder(L.LightningModule):
         )
         if cfg.kind == "punctate":
             self.decoder = FoldingNetDecoder(
-                2 * cfg.latent_dim, cfg.decoder_hidden, out_dim=4, template=cfg.template
+                self.encoder.code_dim, cfg.decoder_hidden, out_dim=4, template=cfg.template
             )
         else:
-            self.decoder = ImplicitSDFDecoder(cfg.latent_dim, cfg.decoder_hidden, code_dim=2 * cfg.latent_dim)
+            self.decoder = ImplicitSDFDecoder(cfg.latent_dim, cfg.decoder_hidden, code_dim=self.encoder.code_dim)
 
     def forward(self, points: torch.Tensor) -> dict[str, torch.Tensor]:
         """Encode ``[B, N, D]`` points into vectors, rotation and invariant code ``z``."""

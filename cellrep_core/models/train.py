@@ -44,9 +44,16 @@ def data_hash(items: list[CloudItem]) -> str:
     return h.hexdigest()[:12]
 
 
+# Bumped whenever the network's layers or its invariant code change, so that an older checkpoint of the
+# same config and data is never reused for a different architecture.
+ARCHITECTURE_VERSION = 2
+
+
 def model_version(cfg: ModelConfig, dhash: str, parent: str | None = None) -> str:
     """Deterministic version from config, data and parent version: the same inputs give the same version."""
-    key = json.dumps({"cfg": cfg.digest(), "data": dhash, "parent": parent}, sort_keys=True)
+    key = json.dumps(
+        {"cfg": cfg.digest(), "data": dhash, "parent": parent, "arch": ARCHITECTURE_VERSION}, sort_keys=True
+    )
     return f"{cfg.name}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
 
@@ -83,6 +90,8 @@ def train_model(
     out = Path(models_root) / cfg.name / version
     if (out / "model.pt").exists() and not force:
         meta = json.loads((out / "lineage.json").read_text())
+        if not (out / WHITENING_FILE).exists():
+            fit_whitening(load_model(out), items, out)
         return TrainedModel(cfg.name, version, out, cfg, meta.get("metrics", {}), reused=True)
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -144,8 +153,71 @@ def train_model(
         **(lineage or {}),
     }
     (out / "lineage.json").write_text(json.dumps(meta, indent=2))
+    fit_whitening(model, items, out)
     log.info("trained %s in %.1fs", version, seconds)
     return TrainedModel(cfg.name, version, out, cfg, metrics)
+
+
+WHITENING_FILE = "whitening.npz"
+
+
+@dataclass(frozen=True)
+class Whitening:
+    """PCA whitening of a model's invariant codes, fitted on the cells the model was trained on.
+
+    Raw codes have many strongly correlated dimensions (most of them track size), so a cosine similarity
+    over them is dominated by one direction and blind to effects orthogonal to it. Profiling compares
+    cells in the whitened space instead: the training set's principal axes, each scaled to unit variance.
+    The transform depends on the model and its training cells only, never on a plate's labels, so it
+    cannot make a null drug look different from DMSO.
+    """
+
+    mean: np.ndarray
+    components: np.ndarray  # [k, code_dim]
+    scale: np.ndarray  # [k]: 1 / sqrt(explained variance)
+
+    @classmethod
+    def fit(cls, z: np.ndarray, max_axes_fraction: float = 0.25, floor: float = 1e-6) -> Whitening:
+        """Fit on codes ``[n, code_dim]``, keeping the principal axes whose variance is above ``floor``
+        times the largest (the others are numerical noise), at most ``max_axes_fraction`` of the cells
+        (every kept axis is then estimated from several cells) and at least two.
+
+        No variance-fraction cut: a dominant size factor can hold 99 % of the variance, and keeping only
+        its axis would leave a cosine similarity that sees nothing but a sign.
+        """
+        z = np.asarray(z, dtype=np.float64)
+        if len(z) < 8:
+            raise ValueError(f"whitening needs at least 8 cells, got {len(z)}")
+        mean = z.mean(0)
+        _, sv, vt = np.linalg.svd(z - mean, full_matrices=False)
+        var = sv**2 / (len(z) - 1)
+        k = min(int(len(z) * max_axes_fraction), int((var > var[0] * floor).sum()))
+        k = max(k, min(2, len(var)))
+        return cls(mean, vt[:k], 1.0 / np.sqrt(np.maximum(var[:k], 1e-30)))
+
+    def transform(self, z: np.ndarray) -> np.ndarray:
+        """Project codes ``[n, code_dim]`` onto the whitened axes ``[n, k]``."""
+        z = np.asarray(z, dtype=np.float64)
+        if z.shape[-1] != self.mean.shape[0]:
+            raise ValueError(f"codes have {z.shape[-1]} dimensions, the whitening expects {self.mean.shape[0]}")
+        return ((z - self.mean) @ self.components.T * self.scale).astype(np.float32)
+
+
+def fit_whitening(model: PointCloudAutoencoder, items: list[CloudItem], out: Path | None = None) -> Whitening:
+    """Fit (and save to ``out/whitening.npz``) the whitening of ``model``'s codes of ``items``."""
+    w = Whitening.fit(embed_items(model, items))
+    if out is not None:
+        np.savez(Path(out) / WHITENING_FILE, mean=w.mean, components=w.components, scale=w.scale)
+    return w
+
+
+def load_whitening(path: Path) -> Whitening:
+    """The whitening saved beside a model version's weights."""
+    f = Path(path) / WHITENING_FILE
+    if not f.exists():
+        raise FileNotFoundError(f"{f} is missing: re-run training of this model version to create it")
+    with np.load(f) as d:
+        return Whitening(d["mean"], d["components"], d["scale"])
 
 
 def load_model(path: Path) -> PointCloudAutoencoder:
@@ -171,12 +243,12 @@ def embed_points(model: PointCloudAutoencoder, points: np.ndarray, batch_size: i
     for s in range(0, len(points), batch_size):
         x = torch.as_tensor(points[s : s + batch_size], dtype=torch.float32, device=dev)
         out.append(model(x)["z"].float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 2 * model.cfg.latent_dim), np.float32)
+    return np.concatenate(out) if out else np.zeros((0, model.encoder.code_dim), np.float32)
 
 
 def embed_items(model: PointCloudAutoencoder, items: list[CloudItem], batch_size: int = 32) -> np.ndarray:
     """Invariant codes of cells from their fixed input draws."""
     if not items:
-        return np.zeros((0, 2 * model.cfg.latent_dim), np.float32)
+        return np.zeros((0, model.encoder.code_dim), np.float32)
     pts = np.stack([fixed_points(it, model.cfg) for it in items])
     return embed_points(model, pts, batch_size)

@@ -197,10 +197,13 @@ class VNDGCNNEncoder(nn.Module):
         self.bn = VNBatchNorm(hidden * n_layers)
         self.mix = VNLinearLeakyReLU(hidden * n_layers, latent_dim)
         self.to_rot = VNLinear(latent_dim, 2)
+        self.n_moments = max(4, latent_dim // 4)
+        self.to_moments = VNLinear(latent_dim, self.n_moments)
         self.latent_dim = latent_dim
+        self.code_dim = 2 * latent_dim + 2 * self.n_moments
 
     def forward(self, pts: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Encode ``[B, N, 3|4]`` points: ``vectors [B, L, 3]``, ``rotation [B, 3, 3]``, ``z [B, 2L]``."""
+        """Encode ``[B, N, 3|4]`` points: ``vectors [B, L, 3]``, ``rotation [B, 3, 3]``, ``z [B, code_dim]``."""
         xyz = pts[..., :3]
         idx = knn(xyz, self.k)
         x = xyz.transpose(1, 2).unsqueeze(1)  # [B, 1, 3, N]
@@ -215,8 +218,15 @@ class VNDGCNNEncoder(nn.Module):
         h = self.mix(self.bn(torch.cat(outs, dim=1)))  # [B, L, 3, N]
         vectors = h.mean(-1)  # [B, L, 3]
         rotation = rotation_from_vectors(self.to_rot(vectors.unsqueeze(-1)).squeeze(-1))
-        # invariant code: norms of the pooled latent vectors, and the mean over points of the per-point
-        # norms. The second half matters: VN layers commute with -I, so the pooled vectors of a centrally
-        # symmetric shape cancel out, while per-point norms do not.
-        z = torch.cat([vectors.norm(dim=-1), h.norm(dim=2).mean(-1)], dim=1)
+        # invariant code, four parts: norms of the pooled latent vectors; the mean over points of the
+        # per-point norms (VN layers commute with -I, so the pooled vectors of a centrally symmetric shape
+        # cancel out, while per-point norms do not); and, for a few learned channels a, the second-moment
+        # tensor S_a = mean_n p_an p_an^T over points, through its invariants sqrt(tr S_a) (size) and
+        # |S_a|_F / tr S_a (anisotropy: 1/sqrt(3) for an isotropic spread, 1 for a line). S_a -> R S_a R^T
+        # under a rotation R, so both are invariant; they carry the global elongation that norms miss.
+        p = self.to_moments(h)  # [B, m, 3, N]
+        moments = torch.einsum("bmin,bmjn->bmij", p, p) / p.shape[-1]  # [B, m, 3, 3]
+        trace = moments.diagonal(dim1=-2, dim2=-1).sum(-1)
+        aniso = moments.flatten(-2).norm(dim=-1) / (trace + EPS)
+        z = torch.cat([vectors.norm(dim=-1), h.norm(dim=2).mean(-1), (trace + EPS).sqrt(), aniso], dim=1)
         return {"vectors": vectors, "rotation": rotation, "z": z}
