@@ -1,0 +1,120 @@
+"""Field-of-view label images split into single-cell crops, resampled to isotropic voxels.
+
+A field of view (FOV) comes as ZYX label images: cell labels (0 = background), optionally nucleus labels
+with the same label per cell, and optionally a structure segmentation (binary or labelled). Each cell
+becomes one crop around its cell mask; the structure is masked by the cell (cytoplasmic structures such
+as mitochondria) or by the nucleus (nuclear structures such as nucleoli). Cells that touch the image
+border in x or y are dropped: their shape is cut off. Touching the top or bottom z slice is allowed by
+default, because confocal stacks often end right at the cell.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+
+@dataclass
+class FovCell:
+    """One cell cut out of a field of view (masks are ZYX bool, isotropic after ``resample``)."""
+
+    label: int
+    cell: np.ndarray
+    nucleus: np.ndarray | None
+    structure: np.ndarray | None
+    bbox: tuple[slice, slice, slice]
+    touches_border: bool
+    info: dict = field(default_factory=dict)
+
+
+def isotropic_zoom(voxel_size_zyx: tuple[float, float, float]) -> tuple[float, float, float]:
+    """Per-axis zoom factors that make voxels cubic at the finest of the three spacings."""
+    vs = np.asarray(voxel_size_zyx, dtype=np.float64)
+    if vs.shape != (3,) or not np.all(np.isfinite(vs)) or np.any(vs <= 0):
+        raise ValueError(f"voxel size must be three positive numbers (z, y, x), got {voxel_size_zyx}")
+    return tuple(float(v) for v in vs / vs.min())
+
+
+def resample_mask(mask: np.ndarray, zoom: tuple[float, float, float]) -> np.ndarray:
+    """Resample a bool mask by ``zoom`` per axis with linear interpolation thresholded at 0.5."""
+    if all(abs(z - 1.0) < 1e-9 for z in zoom):
+        return np.asarray(mask, dtype=bool)
+    return ndimage.zoom(np.asarray(mask, dtype=np.float32), zoom, order=1, mode="nearest", grid_mode=True) >= 0.5
+
+
+def split_fov(
+    cell_labels: np.ndarray,
+    nucleus_labels: np.ndarray | None = None,
+    structure: np.ndarray | None = None,
+    voxel_size_zyx: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    structure_in: str = "cell",
+    margin: int = 2,
+    allow_z_border: bool = True,
+    keep_border: bool = False,
+    min_voxels: int = 100,
+) -> list[FovCell]:
+    """Cut every labelled cell of a FOV into a crop; masks resampled to isotropic voxels.
+
+    ``structure_in`` is ``"cell"`` or ``"nucleus"``: the mask the structure is restricted to. Cells
+    touching the x/y border (and the z border unless ``allow_z_border``) are returned with
+    ``touches_border=True`` only when ``keep_border``; cells smaller than ``min_voxels`` are skipped.
+    """
+    cells = np.asarray(cell_labels)
+    if cells.ndim != 3:
+        raise ValueError(f"cell labels must be a 3D ZYX image, got shape {cells.shape}")
+    for name, img in (("nucleus labels", nucleus_labels), ("structure", structure)):
+        if img is not None and np.shape(img) != cells.shape:
+            raise ValueError(f"{name} shape {np.shape(img)} differs from the cell labels' {cells.shape}")
+    if structure_in not in ("cell", "nucleus"):
+        raise ValueError(f"structure_in must be 'cell' or 'nucleus', got {structure_in!r}")
+    if structure_in == "nucleus" and structure is not None and nucleus_labels is None:
+        raise ValueError("structure_in='nucleus' needs nucleus labels")
+    zoom = isotropic_zoom(voxel_size_zyx)
+    out: list[FovCell] = []
+    objects = ndimage.find_objects(cells.astype(np.int64, copy=False))
+    for i, sl in enumerate(objects):
+        if sl is None:
+            continue
+        label = i + 1
+        touches_xy = any(s.start == 0 or s.stop == n for s, n in zip(sl[1:], cells.shape[1:], strict=True))
+        touches_z = sl[0].start == 0 or sl[0].stop == cells.shape[0]
+        border = touches_xy or (touches_z and not allow_z_border)
+        if border and not keep_border:
+            continue
+        box = tuple(
+            slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(sl, cells.shape, strict=True)
+        )
+        cmask = cells[box] == label
+        if int(cmask.sum()) < min_voxels:
+            continue
+        nmask = None if nucleus_labels is None else np.asarray(nucleus_labels)[box] == label
+        smask = None
+        if structure is not None:
+            container = cmask if structure_in == "cell" else nmask
+            smask = (np.asarray(structure)[box] > 0) & container
+        out.append(
+            FovCell(
+                label=label,
+                cell=resample_mask(cmask, zoom),
+                nucleus=None if nmask is None else resample_mask(nmask, zoom),
+                structure=None if smask is None else resample_mask(smask, zoom),
+                bbox=box,
+                touches_border=border,
+                info={"zoom_zyx": zoom, "voxels": int(cmask.sum())},
+            )
+        )
+    return out
+
+
+def fit_to_grid(mask: np.ndarray, grid: int = 32, fill: float = 0.9) -> tuple[np.ndarray, float]:
+    """Scale a bool mask so that its bounding box's longest side spans ``fill * grid`` voxels; returns
+    the scaled mask (cropped to its bounding box plus one voxel) and the zoom factor used."""
+    m = np.asarray(mask, dtype=bool)
+    if not m.any():
+        raise ValueError("cannot fit an empty mask")
+    sl = ndimage.find_objects(m.astype(np.int8))[0]
+    m = np.pad(m[sl], 1)
+    zoom = fill * grid / max(s.stop - s.start for s in sl)
+    return resample_mask(m, (zoom, zoom, zoom)), zoom
