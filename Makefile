@@ -32,9 +32,7 @@ test: $(STAMP)
 	$(VENV)/bin/pytest
 
 ui: $(STAMP)
-	@mkdir -p $(CELLREP_HOME)/dagster
-	DAGSTER_HOME=$${DAGSTER_HOME:-$(CELLREP_HOME)/dagster} $(VENV)/bin/python -c "from orchestration.demo import dagster_home; dagster_home()"
-	DAGSTER_HOME=$${DAGSTER_HOME:-$(CELLREP_HOME)/dagster} $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	$(VENV)/bin/cellrep ui
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,4 +1,4 @@
-"""``cellrep`` with the orchestration commands added: ``demo``."""
+"""``cellrep`` with the orchestration commands added: ``demo`` and ``ui``."""
 
 from __future__ import annotations
 
@@ -15,7 +15,13 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("demo", help="materialize the whole asset graph on the embedded synthetic data")
     d.add_argument("--null-size", type=int, default=10000)
     d.add_argument("--quick", action="store_true", help="tiny data and models (smoke test)")
+    u = sub.add_parser("ui", help="serve the Dagster UI and daemon on 127.0.0.1 (Ctrl-C stops everything)")
+    u.add_argument("--port", type=int, default=3000)
     args = parser.parse_args(argv)
+    if args.command == "ui":
+        from orchestration.serve import serve
+
+        return serve(port=args.port)
     if args.command == "demo":
         from orchestration.demo import run_demo
 
