@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CELLREP_HOME ?= $(CURDIR)/.cellrep
 export CELLREP_HOME
 
-.PHONY: install demo test ui lint clean
+.PHONY: install demo test ui lint clean bench-sdf
 
 $(STAMP): pyproject.toml
 	@command -v gfortran >/dev/null 2>&1 || { \
@@ -33,6 +33,10 @@ test: $(STAMP)
 
 ui: $(STAMP)
 	$(VENV)/bin/cellrep ui
+
+# benchmarks (not tests): one command each, reference implementation in the same run
+bench-sdf: $(STAMP)
+	$(PY) benchmarks/bench_sdf.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -279,3 +279,25 @@ def test_intensity_errors():
     # a constant image samples the mask uniformly
     pts = intensity_sample(img, np.ones((8, 8, 8), bool), rng, n_dense=4000)
     assert np.abs(pts[:, :3].mean(axis=0)).max() < 0.2 and np.all(pts[:, 3] == 1)
+
+
+def test_signed_distance_is_exact_on_a_multi_piece_mask():
+    """Against trimesh's exact closest point (Python, slow) and its ray-casting inside test."""
+    import trimesh
+
+    rng = np.random.default_rng(7)
+    mask = np.zeros((40, 40, 40), bool)
+    for _ in range(6):
+        c = rng.uniform(8, 32, 3)
+        mask |= ((ZZ[:40, :40, :40] - c[0]) / rng.uniform(2, 6)) ** 2 + ((YY[:40, :40, :40] - c[1]) / 3) ** 2 + (
+            (XX[:40, :40, :40] - c[2]) / rng.uniform(2, 6)
+        ) ** 2 <= 1
+    from scipy import ndimage
+
+    filled = ndimage.binary_fill_holes(mask)
+    mesh = mask_to_mesh(mask, filled=filled)
+    pts = rng.uniform(-3, 43, (3000, 3))
+    sdf = signed_distance(mesh, pts)
+    exact = trimesh.proximity.closest_point(mesh, pts)[1]
+    np.testing.assert_allclose(np.abs(sdf), exact, atol=1e-4)
+    assert np.array_equal(sdf < 0, mesh.contains(pts))
