@@ -5,9 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from cellrep_core.data.cells import read_cell_image, read_manifest, validate_polymorphic, validate_punctate
+from cellrep_core import paths
+from cellrep_core.data.cells import (
+    parse_voxel_size,
+    read_cell_image,
+    read_fov_images,
+    read_manifest,
+    validate_polymorphic,
+    validate_punctate,
+    write_mask_tiff,
+)
+from cellrep_core.data.fov import split_fov
 from cellrep_core.errors import CellInputError
 
 CELL_COLUMNS = [
@@ -49,10 +60,16 @@ def quarantine_row(err: CellInputError, dataset: str, plate_id: str) -> dict:
 
 
 def resolve_path(manifest_dir: Path, rel: str, cell_id: str, data_root: Path | None = None) -> Path:
-    """Resolve a manifest path, refusing any that leaves the manifest folder (or the data root)."""
+    """Resolve a manifest path: relative to the manifest's folder or, when it is not there, to the data
+    root. Any path that ends up outside both (``..``, absolute paths, symlinks) is refused."""
     root = manifest_dir.resolve()
     p = (root / rel).resolve()
-    allowed = [root] + ([Path(data_root).resolve()] if data_root else [])
+    allowed = [root]
+    if data_root:
+        droot = Path(data_root).resolve()
+        allowed.append(droot)
+        if not p.exists() and (droot / rel).exists():
+            p = (droot / rel).resolve()
     if not any(p == a or a in p.parents for a in allowed):
         raise CellInputError(
             cell_id,
@@ -66,7 +83,11 @@ def resolve_path(manifest_dir: Path, rel: str, cell_id: str, data_root: Path | N
 
 def validate_cell(path: Path, channels: list[str], shape_type: str, cell_id: str):
     """Read and validate one cell's images; returns the arrays the sampler needs."""
-    images = read_cell_image(path, channels, cell_id)
+    return validate_cell_arrays(read_cell_image(path, channels, cell_id), shape_type, cell_id, path)
+
+
+def validate_cell_arrays(images: dict, shape_type: str, cell_id: str, path: Path):
+    """Validate one cell's channel arrays for its shape type; returns the arrays the sampler needs."""
     if shape_type == "punctate":
         return validate_punctate(images, cell_id, str(path))
     if shape_type == "polymorphic":
@@ -79,10 +100,90 @@ def validate_cell(path: Path, channels: list[str], shape_type: str, cell_id: str
     )
 
 
+def _cell_row(row: dict, cell_id: str, ds: str, pid: str, path: Path, channels: str, voxel_um: float) -> dict:
+    return {
+        "cell_id": cell_id,
+        "dataset": ds,
+        "plate_id": pid,
+        "well": str(row.get("well") or ""),
+        "drug": str(row.get("drug") or ""),
+        "structure_name": str(row.get("structure_name") or ""),
+        "shape_type": str(row.get("shape_type") or "polymorphic"),
+        "label": str(row.get("label") or ""),
+        "source_path": str(path),
+        "channels": channels,
+        "voxel_size_um": float(voxel_um),
+        "seed": int(row.get("seed") or 0),
+    }
+
+
+def _ingest_fov_row(
+    row: dict, manifest: Path, ds: str, pid: str, data_root: Path | None, crops_dir: Path, seen: set[str]
+) -> tuple[list[dict], list[dict]]:
+    """Split one field-of-view row into single-cell crops (written under ``crops_dir``) and validate them."""
+    fov_id = str(row["cell_id"])
+    channels = [c for c in str(row["channels"]).split(";") if c]
+    rels = [r for r in str(row["path"]).split(";") if r]
+    files = [resolve_path(manifest.parent, r, fov_id, data_root) for r in rels]
+    images = read_fov_images(files, channels, fov_id)
+    voxel = parse_voxel_size(row, fov_id, files[0])
+    target = str(row.get("target_voxel_um") or "").strip()
+    structure_in = str(row.get("structure_in") or "cell").strip()
+    try:
+        cells = split_fov(
+            images["cell_labels"],
+            images.get("nucleus_labels"),
+            images.get("structure"),
+            voxel_size_zyx=voxel,
+            structure_in=structure_in,
+            keep_border=True,
+            target_voxel_um=float(target) if target else None,
+        )
+    except ValueError as exc:
+        raise CellInputError(fov_id, files[0], "bad_field_of_view", f"{files[0]}: {exc}") from exc
+    voxel_um = float(target) if target else min(voxel)
+    good, bad = [], []
+    crops_dir.mkdir(parents=True, exist_ok=True)
+    for c in cells:
+        cell_id = f"{fov_id}_c{c.label:03d}"
+        try:
+            if cell_id in seen:
+                raise CellInputError(cell_id, files[0], "duplicate_cell_id", f"cell_id {cell_id} appears twice")
+            seen.add(cell_id)
+            if c.touches_border:
+                raise CellInputError(
+                    cell_id,
+                    files[0],
+                    "touches_border",
+                    f"cell label {c.label} of {files[0]} touches the image border, so its shape is cut off; "
+                    "it is left out (image a larger field of view to keep it).",
+                )
+            planes = {"cell": c.cell, "nucleus": c.nucleus, "structure": c.structure}
+            names = [n for n, a in planes.items() if a is not None]
+            out = crops_dir / f"{cell_id}.tiff"
+            write_mask_tiff(out, np.stack([planes[n] for n in names]))
+            crop = {n: planes[n] for n in names}
+            validate_cell_arrays(crop, str(row.get("shape_type") or "polymorphic"), cell_id, out)
+        except CellInputError as err:
+            bad.append(quarantine_row(err, ds, pid))
+            continue
+        good.append(_cell_row(row, cell_id, ds, pid, out, ";".join(names), voxel_um))
+    return good, bad
+
+
 def ingest_manifest(
-    manifest: Path, dataset: str | None = None, plate_id: str | None = None, data_root: Path | None = None
+    manifest: Path,
+    dataset: str | None = None,
+    plate_id: str | None = None,
+    data_root: Path | None = None,
+    crops_dir: Path | None = None,
 ) -> IngestResult:
-    """Validate every cell of a manifest; bad cells are returned as quarantine rows, never raised."""
+    """Validate every cell of a manifest; bad cells are returned as quarantine rows, never raised.
+
+    A row whose channels include ``cell_labels`` is a field of view: it is split into single-cell crops
+    (see :func:`cellrep_core.data.fov.split_fov`) written under ``crops_dir`` (default
+    ``$CELLREP_HOME/raw/<dataset>/fov_crops``), one cell row per crop.
+    """
     manifest = Path(manifest)
     df = read_manifest(manifest)
     good, bad = [], []
@@ -91,6 +192,17 @@ def ingest_manifest(
         ds = dataset or row.get("dataset") or manifest.parent.name
         pid = plate_id if plate_id is not None else str(row.get("plate_id") or "")
         cell_id = str(row["cell_id"])
+        if "cell_labels" in str(row["channels"]).split(";"):
+            try:
+                g, b = _ingest_fov_row(
+                    row, manifest, ds, pid, data_root, Path(crops_dir or paths.raw_dir(ds) / "fov_crops"), seen
+                )
+            except CellInputError as err:
+                bad.append(quarantine_row(err, ds, pid))
+                continue
+            good += g
+            bad += b
+            continue
         try:
             if cell_id in seen:
                 raise CellInputError(
@@ -107,20 +219,7 @@ def ingest_manifest(
             bad.append(quarantine_row(err, ds, pid))
             continue
         good.append(
-            {
-                "cell_id": cell_id,
-                "dataset": ds,
-                "plate_id": pid,
-                "well": str(row.get("well") or ""),
-                "drug": str(row.get("drug") or ""),
-                "structure_name": str(row.get("structure_name") or ""),
-                "shape_type": str(row.get("shape_type") or "polymorphic"),
-                "label": str(row.get("label") or ""),
-                "source_path": str(path),
-                "channels": str(row["channels"]),
-                "voxel_size_um": float(row.get("voxel_size_um") or 1.0),
-                "seed": int(row.get("seed") or 0),
-            }
+            _cell_row(row, cell_id, ds, pid, path, str(row["channels"]), float(row.get("voxel_size_um") or 1.0))
         )
     return IngestResult(
         pd.DataFrame(good, columns=CELL_COLUMNS), pd.DataFrame(bad, columns=QUARANTINE_COLUMNS)

@@ -195,7 +195,18 @@ def latest_model(wh: Warehouse, dataset: str, plate_id: str = "", model_name: st
     if df.empty:
         what = f"{model_name or 'model'} for {dataset}" + (f" plate {plate_id}" if plate_id else "")
         raise LookupError(f"no trained {what}; materialize the model asset first")
-    r = df.iloc[0]
+    return _trained_model(df.iloc[0])
+
+
+def model_by_version(wh: Warehouse, model_version: str) -> TrainedModel:
+    """A registered model version."""
+    df = wh.query("SELECT * FROM models WHERE model_version = ?", [model_version])
+    if df.empty:
+        raise LookupError(f"model version {model_version} is not in the models table")
+    return _trained_model(df.iloc[0])
+
+
+def _trained_model(r: pd.Series) -> TrainedModel:
     return TrainedModel(
         r.model_name, r.model_version, Path(r.path), ModelConfig.model_validate_json(r.config_json),
         json.loads(r.metrics_json),

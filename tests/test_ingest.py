@@ -1,9 +1,11 @@
 """Ingestion: every bad cell is quarantined with its reason and file, good cells go on, re-runs add nothing."""
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import tifffile
 
 from cellrep_core import pipeline
@@ -56,3 +58,108 @@ def test_ingest_twice_adds_nothing(tmp_path, home):
     assert first == second
     n = wh.query("select (select count(*) from cells) c, (select count(*) from quarantine) q").iloc[0]
     assert (n.c, n.q) == (first["cells"], first["quarantined"]) == (8, 2)
+
+
+# ------------------------------------------------------------------------------------ fields of view
+
+FOV_CHANNELS = "cell_labels;nucleus_labels;structure"
+
+
+def _write_fov(folder):
+    """A 12 x 60 x 80 FOV at 0.3 x 0.1 x 0.1 um: cells 1 and 2 inside, cell 3 on the x border."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cells = np.zeros((12, 60, 80), np.uint16)
+    cells[2:10, 5:25, 5:30] = 1
+    cells[2:10, 30:55, 35:60] = 2
+    cells[2:10, 10:40, 65:80] = 3
+    nuclei = np.zeros_like(cells)
+    nuclei[4:8, 10:20, 10:20] = 1
+    nuclei[4:8, 38:48, 42:52] = 2
+    nuclei[4:8, 20:30, 70:78] = 3
+    structure = np.zeros((12, 60, 80), np.uint8)
+    structure[3:9, 6:9, 22:28] = 255  # cell 1, outside its nucleus
+    structure[3:9, 50:54, 36:44] = 255  # cell 2
+    structure[3:9, 15:20, 66:70] = 255  # cell 3
+    for name, arr in (("cells", cells), ("nuclei", nuclei), ("structure", structure)):
+        tifffile.imwrite(folder / f"{name}.tiff", arr)
+    return "cells.tiff;nuclei.tiff;structure.tiff"
+
+
+def _fov_manifest(folder, rows):
+    cols = {"dataset": "fovs", "shape_type": "polymorphic", "structure_name": "mito", "channels": FOV_CHANNELS,
+            "voxel_size_zyx_um": "0.3,0.1,0.1", "structure_in": "cell"}
+    pd.DataFrame([{**cols, **r} for r in rows]).to_csv(folder / "manifest.csv", index=False)
+    return folder / "manifest.csv"
+
+
+def test_field_of_view_rows_become_cells(tmp_path):
+    d = tmp_path / "fov"
+    files = _write_fov(d)
+    np.save(d / "not_a_tiff.tiff", np.zeros(3))
+    man = _fov_manifest(
+        d,
+        [
+            {"cell_id": "F1", "path": files},
+            {"cell_id": "F2", "path": files, "channels": "cell_labels;nucleus;structure"},  # unknown channel
+            {"cell_id": "F3", "path": "cells.tiff;nuclei.tiff"},  # two files for three channels
+            {"cell_id": "F4", "path": files, "voxel_size_zyx_um": "0.3,0.1"},  # bad voxel size
+            {"cell_id": "F5", "path": "not_a_tiff.tiff.npy", "channels": "cell_labels"},  # unreadable
+        ],
+    )
+    crops = tmp_path / "crops"
+    res = ingest_manifest(man, crops_dir=crops)
+    assert list(res.cells.cell_id) == ["F1_c001", "F1_c002"]
+    assert set(res.cells.channels) == {"cell;nucleus;structure"}
+    assert (res.cells.voxel_size_um == 0.1).all()
+    q = dict(zip(res.quarantine.cell_id, res.quarantine.reason, strict=True))
+    assert q == {
+        "F1_c003": "touches_border",
+        "F2": "unknown_channel",
+        "F3": "unknown_channel",
+        "F4": "bad_voxel_size",
+        "F5": "unreadable",
+    }
+    assert all(res.quarantine.detail.str.len() > 20)
+    # crops are isotropic (z resampled 3x) and the structure is masked by its cell
+    crop = tifffile.imread(crops / "F1_c001.tiff")
+    assert crop.shape[0] == 3 and crop.shape[1] == (8 + 4) * 3
+    assert crop[2].any() and not (crop[2] & ~crop[0]).any()
+    # a second run writes the same cells
+    again = ingest_manifest(man, crops_dir=crops)
+    pd.testing.assert_frame_equal(again.cells, res.cells)
+
+
+def test_field_of_view_paths_under_data_root(tmp_path):
+    data = tmp_path / "data"
+    files = _write_fov(data / "fov")
+    rel = ";".join(f"fov/{f}" for f in files.split(";"))
+    man_dir = tmp_path / "manifests"
+    man_dir.mkdir()
+    man = _fov_manifest(man_dir, [{"cell_id": "F1", "path": rel, "target_voxel_um": "0.2"}])
+    refused = ingest_manifest(man, crops_dir=tmp_path / "crops")
+    assert list(refused.quarantine.reason) == ["unreadable"]  # not under the manifest's folder
+    res = ingest_manifest(man, data_root=data, crops_dir=tmp_path / "crops")
+    assert len(res.cells) == 2 and (res.cells.voxel_size_um == 0.2).all()
+    escape = _fov_manifest(man_dir, [{"cell_id": "F1", "path": "../../" + rel}])
+    assert list(ingest_manifest(escape, data_root=data).quarantine.reason) == ["path_outside_root"]
+
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+
+
+@pytest.mark.skipif(not (REAL / "allen_tomm20_fov").exists(), reason="real Allen data not present")
+def test_cli_ingests_the_real_tomm20_field_of_view(home):
+    from cellrep_core.cli import ingest_command
+    from cellrep_core.pointclouds.build import read_pointclouds
+
+    root = Path(__file__).resolve().parents[1]
+    lines = ingest_command(root / "examples" / "allen_tomm20" / "manifest.csv", data_root=REAL, workers=1)
+    assert lines[0] == "allen_tomm20: 13 cells, 0 quarantined"
+    assert "embeddings skipped" in lines[-1]  # no trained model in a fresh home
+    wh = Warehouse()
+    n = wh.query("select count(*) n from cells where dataset = 'allen_tomm20'").n.iloc[0]
+    items = read_pointclouds(pipeline.paths.pointcloud_path("allen_tomm20", "all"))
+    assert n == len(items) == 13
+    assert all(it.sdf is not None and np.isfinite(it.sdf).all() for it in items)
+    assert ingest_command(root / "examples" / "allen_tomm20" / "manifest.csv", data_root=REAL, workers=1) == lines
+    assert wh.query("select count(*) n from cells").n.iloc[0] == 13

@@ -64,8 +64,8 @@ def read_cell_image(path: Path, channels: list[str], cell_id: str) -> dict[str, 
             cell_id,
             path,
             "unreadable",
-            f"{path} does not exist; fix the manifest's path column (relative to the manifest's folder) "
-            "or restore the file.",
+            f"{path} does not exist; fix the manifest's path column (relative to the manifest's folder, "
+            "or to --data-root) or restore the file.",
         )
     try:
         with tifffile.TiffFile(path) as tif:
@@ -146,23 +146,25 @@ def _check_finite(arrays: dict[str, np.ndarray], cell_id: str, path: Path | str 
         )
 
 
-def _check_nucleus(nucleus: np.ndarray, cell_id: str, path: Path | str | None) -> np.ndarray:
-    """Return the nucleus mask, raising ``empty_nucleus`` or ``all_foreground`` on a bad segmentation."""
+def _check_nucleus(
+    nucleus: np.ndarray, cell_id: str, path: Path | str | None, what: str = "nucleus"
+) -> np.ndarray:
+    """Return the ``what`` (nucleus or cell) mask, raising ``empty_<what>`` or ``all_foreground``."""
     mask = nucleus > 0
     if not mask.any():
         raise CellInputError(
             cell_id,
             path,
-            "empty_nucleus",
-            f"{path} has an empty nucleus mask; re-run the nucleus segmentation for this cell or drop it.",
+            f"empty_{what}",
+            f"{path} has an empty {what} mask; re-run the {what} segmentation for this cell or drop it.",
         )
     if mask.mean() >= ALL_FOREGROUND_FRACTION:
         raise CellInputError(
             cell_id,
             path,
             "all_foreground",
-            f"{path}: the nucleus mask fills {mask.mean():.1%} of the volume, so it is not a segmentation "
-            "of one nucleus; check the channel order in the manifest or re-segment the cell.",
+            f"{path}: the {what} mask fills {mask.mean():.1%} of the volume, so it is not a segmentation "
+            f"of one {what}; check the channel order in the manifest or re-segment the cell.",
         )
     return mask
 
@@ -170,12 +172,17 @@ def _check_nucleus(nucleus: np.ndarray, cell_id: str, path: Path | str | None) -
 def validate_polymorphic(
     images: dict[str, np.ndarray], cell_id: str, path: Path | str | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Return (nucleus mask, structure mask inside the nucleus) as bool arrays, or raise CellInputError."""
-    _require_channels(images, ("nucleus", "structure"), cell_id, path)
-    arrays = {n: np.asarray(images[n]) for n in ("nucleus", "structure")}
+    """Return (container mask, structure mask inside it) as bool arrays, or raise CellInputError.
+
+    The container is the ``cell`` channel when the image has one (cytoplasmic structures such as
+    mitochondria), the ``nucleus`` channel otherwise (nuclear structures such as nucleoli).
+    """
+    container_name = "cell" if "cell" in images else "nucleus"
+    _require_channels(images, (container_name, "structure"), cell_id, path)
+    arrays = {n: np.asarray(images[n]) for n in (container_name, "structure")}
     _check_same_zyx(arrays, cell_id, path)
     _check_finite(arrays, cell_id, path)
-    nucleus = _check_nucleus(arrays["nucleus"], cell_id, path)
+    container = _check_nucleus(arrays[container_name], cell_id, path, what=container_name)
     structure = arrays["structure"] > 0
     if not structure.any():
         raise CellInputError(
@@ -193,17 +200,17 @@ def validate_polymorphic(
             f"{path}: the structure mask fills {structure.mean():.1%} of the volume; the segmentation "
             "failed (threshold too low or inverted): re-segment the cell.",
         )
-    inside = structure & nucleus
+    inside = structure & container
     if not inside.any():
         raise CellInputError(
             cell_id,
             path,
-            "structure_outside_nucleus",
-            f"{path}: the structure mask ({int(structure.sum())} voxels) lies entirely outside the nucleus "
-            "mask; check that the nucleus and structure channels belong to the same cell and are in the "
-            "manifest's channel order.",
+            "structure_outside_" + container_name,
+            f"{path}: the structure mask ({int(structure.sum())} voxels) lies entirely outside the "
+            f"{container_name} mask; check that the {container_name} and structure channels belong to the "
+            "same cell and are in the manifest's channel order.",
         )
-    return nucleus, inside
+    return container, inside
 
 
 def validate_punctate(
@@ -278,3 +285,100 @@ def read_manifest(path: Path) -> pd.DataFrame:
     # duplicate cell ids are not an error of the whole manifest: ingestion quarantines the repeats
     extras = [c for c in df.columns if c not in MANIFEST_COLUMNS]
     return df[list(MANIFEST_COLUMNS) + extras].reset_index(drop=True)
+
+
+FOV_CHANNELS: tuple[str, ...] = ("cell_labels", "nucleus_labels", "structure")
+
+
+def read_fov_images(files: list[Path], channels: list[str], fov_id: str) -> dict[str, np.ndarray]:
+    """Read a field of view's label images: one multi-channel file, or one file per channel (same order).
+
+    Channel names: ``cell_labels`` (required), ``nucleus_labels`` and ``structure`` (optional).
+    """
+    unknown = [c for c in channels if c not in FOV_CHANNELS]
+    if unknown or "cell_labels" not in channels:
+        raise CellInputError(
+            fov_id,
+            files[0] if files else None,
+            "unknown_channel",
+            f"field-of-view channels {channels!r}: each must be one of {list(FOV_CHANNELS)} and "
+            "'cell_labels' is required; fix the manifest's channels column.",
+        )
+    if len(files) == 1:
+        return read_cell_image(files[0], channels, fov_id)
+    if len(files) != len(channels):
+        raise CellInputError(
+            fov_id,
+            files[0],
+            "unknown_channel",
+            f"{len(files)} files for {len(channels)} channels {channels!r}; list one file per channel "
+            "(';'-joined, same order) or one multi-channel file.",
+        )
+    images: dict[str, np.ndarray] = {}
+    for f, name in zip(files, channels, strict=True):
+        images.update(read_cell_image(f, [name], fov_id))
+    shapes = {n: a.shape for n, a in images.items()}
+    if len(set(shapes.values())) != 1:
+        raise CellInputError(
+            fov_id,
+            files[0],
+            "wrong_dimensionality",
+            f"the field of view's images differ in shape {shapes}; they must be the same ZYX grid.",
+        )
+    return images
+
+
+def parse_voxel_size(row: dict, cell_id: str, path: Path | str) -> tuple[float, float, float]:
+    """Voxel size (z, y, x) in um from ``voxel_size_zyx_um`` ('0.29,0.108,0.108') or, failing that,
+    the OME metadata of the file, or an isotropic ``voxel_size_um``."""
+    text = str(row.get("voxel_size_zyx_um") or "").strip()
+    if text:
+        try:
+            vals = tuple(float(v) for v in text.replace(";", ",").split(","))
+        except ValueError:
+            vals = ()
+        if len(vals) != 3 or not all(np.isfinite(v) and v > 0 for v in vals):
+            raise CellInputError(
+                cell_id,
+                path,
+                "bad_voxel_size",
+                f"voxel_size_zyx_um {text!r} must be three positive numbers 'z,y,x' in micrometres.",
+            )
+        return vals  # type: ignore[return-value]
+    ome = ome_voxel_size(Path(path))
+    if ome is not None:
+        return ome
+    v = float(row.get("voxel_size_um") or 1.0)
+    return (v, v, v)
+
+
+def ome_voxel_size(path: Path) -> tuple[float, float, float] | None:
+    """PhysicalSizeZ/Y/X of an OME-TIFF's first image, or None when the file has no such metadata."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            xml = tif.ome_metadata
+    except Exception:  # noqa: BLE001 - unreadable files are reported by the reader, not here
+        return None
+    if not xml:
+        return None
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    for el in root.iter():
+        if el.tag.endswith("Pixels"):
+            try:
+                return tuple(float(el.attrib[f"PhysicalSize{a}"]) for a in "ZYX")  # type: ignore[return-value]
+            except (KeyError, ValueError):
+                return None
+    return None
+
+
+def write_mask_tiff(path: Path, masks: np.ndarray) -> None:
+    """Write CZYX masks as a uint8 0/255 TIFF, via a temporary file and a rename (never half a file)."""
+    path = Path(path)
+    tmp = path.with_suffix(".tiff.tmp")
+    tifffile.imwrite(tmp, np.where(np.asarray(masks, dtype=bool), 255, 0).astype(np.uint8), compression="zlib")
+    tmp.replace(path)

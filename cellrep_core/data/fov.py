@@ -38,10 +38,16 @@ def isotropic_zoom(voxel_size_zyx: tuple[float, float, float]) -> tuple[float, f
 
 
 def resample_mask(mask: np.ndarray, zoom: tuple[float, float, float]) -> np.ndarray:
-    """Resample a bool mask by ``zoom`` per axis with linear interpolation thresholded at 0.5."""
+    """Resample a bool mask by ``zoom`` per axis: linear interpolation of the foreground fraction,
+    thresholded at 0.5. Axes that shrink are box-averaged over ``1 / zoom`` voxels first, so that every
+    source voxel counts (plain interpolation would sample a few and alias thin structures)."""
     if all(abs(z - 1.0) < 1e-9 for z in zoom):
         return np.asarray(mask, dtype=bool)
-    return ndimage.zoom(np.asarray(mask, dtype=np.float32), zoom, order=1, mode="nearest", grid_mode=True) >= 0.5
+    frac = np.asarray(mask, dtype=np.float32)
+    size = [max(1, round(1.0 / z)) if z < 1.0 else 1 for z in zoom]
+    if any(k > 1 for k in size):
+        frac = ndimage.uniform_filter(frac, size=size, mode="constant")
+    return ndimage.zoom(frac, zoom, order=1, mode="nearest", grid_mode=True) >= 0.5
 
 
 def split_fov(
@@ -54,12 +60,15 @@ def split_fov(
     allow_z_border: bool = True,
     keep_border: bool = False,
     min_voxels: int = 100,
+    target_voxel_um: float | None = None,
 ) -> list[FovCell]:
     """Cut every labelled cell of a FOV into a crop; masks resampled to isotropic voxels.
 
     ``structure_in`` is ``"cell"`` or ``"nucleus"``: the mask the structure is restricted to. Cells
     touching the x/y border (and the z border unless ``allow_z_border``) are returned with
     ``touches_border=True`` only when ``keep_border``; cells smaller than ``min_voxels`` are skipped.
+    Crops come out with cubic voxels of ``target_voxel_um`` (in the units of ``voxel_size_zyx``), by
+    default the finest of the three spacings.
     """
     cells = np.asarray(cell_labels)
     if cells.ndim != 3:
@@ -72,6 +81,10 @@ def split_fov(
     if structure_in == "nucleus" and structure is not None and nucleus_labels is None:
         raise ValueError("structure_in='nucleus' needs nucleus labels")
     zoom = isotropic_zoom(voxel_size_zyx)
+    if target_voxel_um is not None:
+        if not target_voxel_um > 0:
+            raise ValueError(f"target_voxel_um must be positive, got {target_voxel_um}")
+        zoom = tuple(float(v) / float(target_voxel_um) for v in voxel_size_zyx)
     out: list[FovCell] = []
     objects = ndimage.find_objects(cells.astype(np.int64, copy=False))
     for i, sl in enumerate(objects):
