@@ -16,9 +16,10 @@ from cellrep_core.data.cells import (
     read_manifest,
     validate_polymorphic,
     validate_punctate,
+    write_cell_tiff,
     write_mask_tiff,
 )
-from cellrep_core.data.fov import split_fov
+from cellrep_core.data.fov import resample_cell, split_fov
 from cellrep_core.errors import CellInputError
 
 CELL_COLUMNS = [
@@ -214,13 +215,23 @@ def ingest_manifest(
             seen.add(cell_id)
             path = resolve_path(manifest.parent, str(row["path"]), cell_id, data_root)
             channels = [c for c in str(row["channels"]).split(";") if c]
-            validate_cell(path, channels, str(row.get("shape_type") or "polymorphic"), cell_id)
+            shape_type = str(row.get("shape_type") or "polymorphic")
+            images = read_cell_image(path, channels, cell_id)
+            voxel = parse_voxel_size(row, cell_id, path)
+            target = str(row.get("target_voxel_um") or "").strip()
+            voxel_um = float(target) if target else min(voxel)
+            chan_str = str(row["channels"])
+            if any(abs(v - voxel_um) > 1e-9 * voxel_um for v in voxel):
+                # anisotropic (or a requested working voxel): resample before meshing, keep the crop
+                images = resample_cell(images, tuple(v / voxel_um for v in voxel))
+                path = Path(crops_dir or paths.raw_dir(ds) / "fov_crops") / f"{cell_id}.tiff"
+                write_cell_tiff(path, images)
+                chan_str = ";".join(images)
+            validate_cell_arrays(images, shape_type, cell_id, path)
         except CellInputError as err:
             bad.append(quarantine_row(err, ds, pid))
             continue
-        good.append(
-            _cell_row(row, cell_id, ds, pid, path, str(row["channels"]), float(row.get("voxel_size_um") or 1.0))
-        )
+        good.append(_cell_row(row, cell_id, ds, pid, path, chan_str, voxel_um))
     return IngestResult(
         pd.DataFrame(good, columns=CELL_COLUMNS), pd.DataFrame(bad, columns=QUARANTINE_COLUMNS)
     )

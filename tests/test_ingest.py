@@ -161,5 +161,32 @@ def test_cli_ingests_the_real_tomm20_field_of_view(home):
     items = read_pointclouds(pipeline.paths.pointcloud_path("allen_tomm20", "all"))
     assert n == len(items) == 13
     assert all(it.sdf is not None and np.isfinite(it.sdf).all() for it in items)
-    assert ingest_command(root / "examples" / "allen_tomm20" / "manifest.csv", data_root=REAL, workers=1) == lines
+    again = ingest_command(root / "examples" / "allen_tomm20" / "manifest.csv", data_root=REAL, workers=1)
+    assert again[0] == lines[0] and again[1].split(" in ")[0] == lines[1].split(" in ")[0]
     assert wh.query("select count(*) n from cells").n.iloc[0] == 13
+
+
+def test_crop_channels_by_index_and_anisotropic_voxels_resampled(tmp_path):
+    d = tmp_path / "crops_in"
+    d.mkdir()
+    img = np.zeros((5, 10, 40, 40), np.uint8)  # five channels, only three used
+    img[0, 3:7, 15:25, 15:25] = 255  # nucleus
+    img[1, 1:9, 5:35, 5:35] = 255  # cell
+    img[3, 4:6, 8:12, 8:30] = 255  # structure, in the cell, outside the nucleus
+    tifffile.imwrite(d / "c1.ome.tiff", img)
+    rows = [
+        {"cell_id": "c1", "path": "c1.ome.tiff", "channels": "nucleus=0;cell=1;structure=3",
+         "voxel_size_zyx_um": "0.3,0.1,0.1", "shape_type": "polymorphic", "dataset": "crops"},
+        {"cell_id": "c2", "path": "c1.ome.tiff", "channels": "nucleus=0;cell=1;structure=7",
+         "voxel_size_zyx_um": "0.3,0.1,0.1", "shape_type": "polymorphic", "dataset": "crops"},
+    ]
+    pd.DataFrame(rows).to_csv(d / "manifest.csv", index=False)
+    res = ingest_manifest(d / "manifest.csv", crops_dir=tmp_path / "out")
+    assert list(res.cells.cell_id) == ["c1"]
+    assert dict(zip(res.quarantine.cell_id, res.quarantine.reason, strict=True)) == {"c2": "unknown_channel"}
+    row = res.cells.iloc[0]
+    assert row.channels == "nucleus;cell;structure" and row.voxel_size_um == pytest.approx(0.1)
+    crop = tifffile.imread(row.source_path)
+    assert crop.shape == (3, 30, 40, 40)  # z resampled 3x to isotropic 0.1 um
+    # the structure keeps its physical volume: 2 x 4 x 22 voxels of 0.3 x 0.1 x 0.1 um
+    assert (crop[2] > 0).sum() == pytest.approx(2 * 4 * 22 * 3, rel=0.1)

@@ -47,17 +47,44 @@ def _split_channels(channels: list[str] | tuple[str, ...] | str) -> list[str]:
     return [str(c) for c in channels]
 
 
-def read_cell_image(path: Path, channels: list[str], cell_id: str) -> dict[str, np.ndarray]:
-    """Read one cell's CZYX (or single-channel ZYX) TIFF and return channel name -> ZYX array."""
+def parse_channels(channels: list[str] | tuple[str, ...] | str) -> list[tuple[str, int | None]]:
+    """Channel spec -> [(name, index or None)]: ``'nucleus;structure'`` (all channels of the file, in
+    order) or ``'nucleus=0;cell=1;structure=3'`` (named channels of a file that may hold more)."""
+    out: list[tuple[str, int | None]] = []
+    for entry in _split_channels(channels):
+        name, sep, idx = entry.partition("=")
+        if sep:
+            try:
+                out.append((name.strip(), int(idx)))
+            except ValueError:
+                out.append((entry, -1))  # reported as an unknown channel below
+        else:
+            out.append((entry, None))
+    return out
+
+
+def read_cell_image(path: Path, channels: list[str] | str, cell_id: str) -> dict[str, np.ndarray]:
+    """Read one cell's CZYX (or single-channel ZYX) TIFF / OME-TIFF and return channel name -> ZYX array.
+
+    ``channels`` names every channel of the file in order, or picks channels by index (``name=index``).
+    """
     path = Path(path)
-    names = _split_channels(channels)
-    if not names or len(set(names)) != len(names):
+    spec = parse_channels(channels)
+    names = [n for n, _ in spec]
+    indexed = [i for _, i in spec if i is not None]
+    if (
+        not names
+        or len(set(names)) != len(names)
+        or (indexed and len(indexed) != len(spec))
+        or any(i < 0 for i in indexed)
+    ):
         raise CellInputError(
             cell_id,
             path,
             "unknown_channel",
-            f"the manifest lists channels {names!r} for {path}; list each channel of the file once, "
-            "in file order, joined by ';' (e.g. 'nucleus;structure').",
+            f"the manifest lists channels {names!r} for {path}; list each channel of the file once, in "
+            "file order, joined by ';' (e.g. 'nucleus;structure'), or pick channels by index "
+            "(e.g. 'nucleus=0;cell=1;structure=3').",
         )
     if not path.is_file():
         raise CellInputError(
@@ -81,9 +108,21 @@ def read_cell_image(path: Path, channels: list[str], cell_id: str) -> dict[str, 
     arr = np.asarray(arr)
     while arr.ndim > 4 and arr.shape[0] == 1:
         arr = arr[0]
-    if arr.ndim == 4 and arr.shape[0] == len(names):
+    if indexed and arr.ndim == 4:
+        if max(indexed) >= arr.shape[0]:
+            raise CellInputError(
+                cell_id,
+                path,
+                "unknown_channel",
+                f"{path} has {arr.shape[0]} channels, the manifest asks for index {max(indexed)}; channel "
+                "indices start at 0.",
+            )
+        planes = arr[indexed]
+    elif indexed and arr.ndim == 3 and indexed == [0]:
+        planes = arr[None]
+    elif not indexed and arr.ndim == 4 and arr.shape[0] == len(names):
         planes = arr
-    elif arr.ndim == 3 and len(names) == 1:
+    elif not indexed and arr.ndim == 3 and len(names) == 1:
         planes = arr[None]
     else:
         raise CellInputError(
@@ -379,6 +418,24 @@ def ome_voxel_size(path: Path) -> tuple[float, float, float] | None:
 def write_mask_tiff(path: Path, masks: np.ndarray) -> None:
     """Write CZYX masks as a uint8 0/255 TIFF, via a temporary file and a rename (never half a file)."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tiff.tmp")
     tifffile.imwrite(tmp, np.where(np.asarray(masks, dtype=bool), 255, 0).astype(np.uint8), compression="zlib")
+    tmp.replace(path)
+
+
+def write_cell_tiff(path: Path, images: dict[str, np.ndarray]) -> None:
+    """Write a cell's channels (same ZYX shape) as one CZYX TIFF, atomically: masks as 0/255, and float32
+    for every channel when there is a ``raw`` intensity channel."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if "raw" not in images:
+        write_mask_tiff(path, np.stack([np.asarray(a) > 0 for a in images.values()]))
+        return
+    planes = [
+        np.asarray(a, np.float32) if n == "raw" else np.where(np.asarray(a) > 0, 255.0, 0.0) for n, a in images.items()
+    ]
+    stack = np.stack(planes).astype(np.float32)
+    tmp = path.with_suffix(".tiff.tmp")
+    tifffile.imwrite(tmp, stack, compression="zlib")
     tmp.replace(path)

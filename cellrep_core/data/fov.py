@@ -50,6 +50,17 @@ def resample_mask(mask: np.ndarray, zoom: tuple[float, float, float]) -> np.ndar
     return ndimage.zoom(frac, zoom, order=1, mode="nearest", grid_mode=True) >= 0.5
 
 
+def resample_cell(images: dict[str, np.ndarray], zoom: tuple[float, float, float]) -> dict[str, np.ndarray]:
+    """Resample a cell's channels by ``zoom``: ``raw`` intensities linearly, every other channel as a mask."""
+    out = {}
+    for name, arr in images.items():
+        if name == "raw":
+            out[name] = ndimage.zoom(np.asarray(arr, dtype=np.float32), zoom, order=1, mode="nearest", grid_mode=True)
+        else:
+            out[name] = resample_mask(np.asarray(arr) > 0, zoom)
+    return out
+
+
 def split_fov(
     cell_labels: np.ndarray,
     nucleus_labels: np.ndarray | None = None,
