@@ -16,6 +16,15 @@ TABLE = "cell_embeddings"
 META_COLUMNS = ["cell_id", "dataset", "plate_id", "drug", "structure_name", "model_name", "model_version"]
 KEY = ["cell_id", "model_version"]
 
+# ANN index: below ANN_MIN_ROWS rows a flat (exact) scan is fast enough (measured by
+# benchmarks/bench_search.py: ~ANN_MIN_ROWS rows scan in about the time an indexed query takes); above
+# it the table gets an IVF index whose search is refined on the full vectors.
+ANN_MIN_ROWS = 100_000
+ANN_INDEX_TYPE = "IVF_HNSW_SQ"
+ANN_NPROBES = 20
+ANN_REFINE = 5
+ANN_REINDEX_FRACTION = 0.1  # rebuild when this fraction of rows is not covered by the index
+
 
 def _quote(value: object) -> str:
     return "'" + str(value).replace("'", "''") + "'"
@@ -109,6 +118,42 @@ class FeatureStore:
         """Number of rows in a table (0 when absent)."""
         return self.db.open_table(table).count_rows() if table in self.table_names() else 0
 
+    def vector_index(self, table: str = TABLE) -> dict | None:
+        """The vector index of a table: name, type, indexed and unindexed row counts (None if none)."""
+        tbl = self.db.open_table(table)
+        for idx in tbl.list_indices():
+            if "vector" in list(idx.columns):
+                st = tbl.index_stats(idx.name)
+                return {
+                    "name": idx.name,
+                    "type": str(idx.index_type),
+                    "indexed_rows": int(st.num_indexed_rows),
+                    "unindexed_rows": int(st.num_unindexed_rows),
+                }
+        return None
+
+    def ensure_index(self, table: str = TABLE, min_rows: int = ANN_MIN_ROWS, force: bool = False) -> str | None:
+        """Build (or rebuild) the ANN index of a table once it has ``min_rows`` rows, or when more than
+        ``ANN_REINDEX_FRACTION`` of its rows are not indexed; returns what was built (None: nothing)."""
+        if table not in self.table_names():
+            return None
+        n = self.count(table)
+        if n < min_rows and not force:
+            return None
+        current = self.vector_index(table)
+        if current and not force and current["unindexed_rows"] <= ANN_REINDEX_FRACTION * n:
+            return None
+        partitions = max(1, int(round(np.sqrt(n))))
+        with self._lock:
+            self.db.open_table(table).create_index(
+                metric="cosine",
+                vector_column_name="vector",
+                index_type=ANN_INDEX_TYPE,
+                num_partitions=partitions,
+                replace=True,
+            )
+        return f"{ANN_INDEX_TYPE}({partitions})"
+
     def nearest(
         self,
         vector: np.ndarray,
@@ -122,7 +167,10 @@ class FeatureStore:
         table = table or self.table_for_dim(len(vector))
         if table not in self.table_names():
             raise LookupError(f"no embeddings of dimension {len(vector)} in {self.uri}")
-        q = self.db.open_table(table).search(vector).distance_type(metric).limit(k)
+        tbl = self.db.open_table(table)
+        q = tbl.search(vector).distance_type(metric).limit(k)
+        if any("vector" in list(i.columns) for i in tbl.list_indices()):
+            q = q.nprobes(ANN_NPROBES).refine_factor(ANN_REFINE)
         w = where_clause(filters)
         if w:
             q = q.where(w, prefilter=True)
