@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CELLREP_HOME ?= $(CURDIR)/.cellrep
 export CELLREP_HOME
 
-.PHONY: install demo test ui lint clean bench-sdf
+.PHONY: install demo test ui lint clean bench-sdf bench-search
 
 $(STAMP): pyproject.toml
 	@command -v gfortran >/dev/null 2>&1 || { \
@@ -37,6 +37,9 @@ ui: $(STAMP)
 # benchmarks (not tests): one command each, reference implementation in the same run
 bench-sdf: $(STAMP)
 	$(PY) benchmarks/bench_sdf.py
+
+bench-search: $(STAMP)
+	$(PY) benchmarks/bench_search.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

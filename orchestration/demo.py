@@ -93,7 +93,7 @@ def run_demo(plates: dict[str, int] | None = None, null_size: int = 10000, quick
         _materialize(inst, dg.AssetSelection.groups("plates"), partition_key=pid,
                      run_config={"ops": {"plate_qvalues": {"config": {"null_size": null_size}}}})
         print(f"  plate {pid}: cells, point clouds, embeddings, q-values in {time.perf_counter() - t1:.0f} s")
-    _materialize(inst, dg.AssetSelection.groups("sql_models"))
+    _materialize(inst, dg.AssetSelection.groups("feature_store", "sql_models"))
     wh = Warehouse()
     hits = wh.query(
         "SELECT plate_id, drug, planted_effect, feature_set, round(mean_average_precision, 3) AS mAP, "

@@ -68,3 +68,35 @@ def test_warehouse_reads_are_read_only(tmp_path):
     wh = Warehouse(tmp_path / "w.duckdb")
     with wh.read() as con, pytest.raises(duckdb.Error, match="read-only"):
         con.execute("insert into drug_truth values ('p', 'd', 'none')")
+
+
+def test_ann_index_built_above_threshold_and_kept_fresh(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_search import exact_topk, synthetic_embeddings
+
+    fs = FeatureStore(tmp_path / "lance")
+    data = synthetic_embeddings(4000, seed=3, n_clusters=50)
+    meta = _meta(4000)
+    meta["cell_id"] = [f"c{i:05d}" for i in range(4000)]
+    fs.upsert(meta.iloc[:3000], data[:3000])
+    assert fs.ensure_index(min_rows=3500) is None and fs.vector_index() is None  # small: exact search
+    built = fs.ensure_index(min_rows=2000)
+    assert built.startswith("IVF_HNSW_SQ") and fs.vector_index()["indexed_rows"] == 3000
+    assert fs.ensure_index(min_rows=2000) is None  # up to date: nothing rebuilt
+    fs.upsert(meta.iloc[3000:], data[3000:])  # a third of the rows unindexed: rebuild
+    assert fs.vector_index()["unindexed_rows"] == 1000
+    assert fs.ensure_index(min_rows=2000) is not None and fs.vector_index()["unindexed_rows"] == 0
+    # indexed search: high recall against brute force, filters honoured, no vectors returned
+    unit = data / np.linalg.norm(data, axis=1, keepdims=True)
+    recall = []
+    for q in synthetic_embeddings(20, seed=4, n_clusters=50):
+        truth = set(exact_topk(unit, q, 10)[0].tolist())
+        res = fs.nearest(q, k=10)
+        assert "vector" not in res.columns and res["distance"].is_monotonic_increasing
+        recall.append(len({int(c[1:]) for c in res.cell_id} & truth) / 10)
+    assert np.mean(recall) >= 0.9
+    only = fs.nearest(data[0], k=5, filters={"drug": "DMSO"})
+    assert len(only) == 5 and set(only.drug) == {"DMSO"}
