@@ -42,3 +42,35 @@ def embedding_ann_index(context: dg.AssetExecutionContext, feature_store: Featur
     return dg.MaterializeResult(
         metadata={"tables": dg.MetadataValue.md(md), "ann_min_rows": ANN_MIN_ROWS, "n_tables": len(rows)}
     )
+
+
+@dg.asset(
+    group_name="feature_store",
+    kinds={"lancedb"},
+    description=(
+        "Compaction and cleanup of the embedding tables: small files merged, new rows folded into the "
+        "indices, table versions older than 7 days dropped (the versions of the last 7 days stay readable "
+        "by time travel: FeatureStore.load(as_of=...)). Runs nightly (schedule feature_store_nightly)."
+    ),
+)
+def feature_store_maintenance(
+    context: dg.AssetExecutionContext, feature_store: FeatureStoreResource
+) -> dg.MaterializeResult:
+    res = feature_store.get().optimize()
+    for r in res:
+        context.log.info(f"{r['table']}: {r['rows']} rows, versions {r['versions_before']} -> {r['versions_after']}")
+    return dg.MaterializeResult(
+        metadata={
+            "tables": len(res),
+            "versions_removed": sum(r["versions_before"] - r["versions_after"] for r in res),
+            "rows": sum(r["rows"] for r in res),
+        }
+    )
+
+
+feature_store_nightly = dg.ScheduleDefinition(
+    name="feature_store_nightly",
+    target=dg.AssetSelection.assets(feature_store_maintenance),
+    cron_schedule="0 3 * * *",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)

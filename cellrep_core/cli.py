@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
@@ -16,9 +17,9 @@ from cellrep_core.store.feature_store import FeatureStore
 from cellrep_core.store.warehouse import Warehouse
 
 
-def connect_readonly(with_embeddings: bool = True) -> duckdb.DuckDBPyConnection:
+def connect_readonly(with_embeddings: bool = True, as_of: datetime | None = None) -> duckdb.DuckDBPyConnection:
     """Read-only DuckDB connection to the warehouse with the LanceDB embedding tables visible as views
-    (vectors as ``FLOAT[d]``)."""
+    (vectors as ``FLOAT[d]``), as they are now or as they were at ``as_of``."""
     wh = Warehouse()
     if not wh.path.exists():
         with wh.write():
@@ -27,13 +28,16 @@ def connect_readonly(with_embeddings: bool = True) -> duckdb.DuckDBPyConnection:
     if with_embeddings and paths.lancedb_path().exists():
         fs = FeatureStore()
         for name in fs.table_names():
-            con.register(name, fs.db.open_table(name).to_arrow())
+            try:
+                con.register(name, fs.open_table(name, as_of=as_of).to_arrow())
+            except LookupError:
+                continue  # the table did not exist yet at as_of
     return con
 
 
-def run_sql(sql: str, fmt: str = "table", out: Path | None = None) -> pd.DataFrame:
-    """Run read-only SQL; writes fail with a clear message."""
-    con = connect_readonly()
+def run_sql(sql: str, fmt: str = "table", out: Path | None = None, as_of: datetime | None = None) -> pd.DataFrame:
+    """Run read-only SQL; writes fail with a clear message. ``as_of`` reads the embeddings as of a date."""
+    con = connect_readonly(as_of=as_of)
     try:
         df = con.execute(sql).df()
     except duckdb.InvalidInputException as err:
@@ -50,11 +54,51 @@ def run_sql(sql: str, fmt: str = "table", out: Path | None = None) -> pd.DataFra
     return df
 
 
+def embed_file(path: Path, channels: str = "", shape_type: str = "polymorphic",
+               model_version: str | None = None) -> tuple[np.ndarray, str]:
+    """Embed a cell file on the fly: a single-cell (OME-)TIFF (sampled like ingested cells) or a point
+    cloud ``.npy`` ``[n, 3]`` (surface points, polymorphic) / ``[n, 4]`` (x, y, z, intensity, punctate)
+    in the model's normalised coordinates. Returns (code, model version)."""
+    from cellrep_core import pipeline
+    from cellrep_core.models.data import CloudItem
+    from cellrep_core.models.train import embed_items, load_model
+    from cellrep_core.pointclouds.build import SamplingConfig, process_cell
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist")
+    if path.suffix == ".npy":
+        pts = np.load(path)
+        if pts.ndim != 2 or pts.shape[1] not in (3, 4) or not np.isfinite(pts).all():
+            raise ValueError(f"{path}: a point cloud must be a finite [n, 3] or [n, 4] array, got {pts.shape}")
+        shape_type = "punctate" if pts.shape[1] == 4 else "polymorphic"
+        item = CloudItem(path.stem, pts.astype(np.float32))
+    else:
+        if not channels:
+            raise ValueError("give --channels for an image file (e.g. 'nucleus;structure')")
+        row = {"cell_id": path.stem, "source_path": str(path), "channels": channels, "shape_type": shape_type,
+               "dataset": "", "plate_id": "", "voxel_size_um": 1.0}
+        res = process_cell(row, SamplingConfig())
+        if not res["ok"]:
+            q = res["row"]
+            raise ValueError(f"{path} cannot be embedded: {q['reason']}: {q['detail']}")
+        item = CloudItem(path.stem, res["points"], res["sdf"])
+    wh = Warehouse()
+    base = {"polymorphic": "synthetic_polymorphic", "punctate": "synthetic_punctate"}[shape_type]
+    tm = pipeline.model_by_version(wh, model_version) if model_version else pipeline.latest_model(wh, base)
+    if tm.config.kind != ("punctate" if shape_type == "punctate" else "sdf"):
+        raise ValueError(f"model {tm.version} is a {tm.config.kind} model; it cannot embed a {shape_type} cell")
+    return embed_items(load_model(tm.path), [item])[0], tm.version
+
+
 def nearest_cells(cell_id: str | None = None, vector: np.ndarray | None = None, k: int = 10,
-                  model_version: str | None = None, filters: dict | None = None) -> pd.DataFrame:
-    """The k nearest stored cells (cosine) to a stored cell or a vector, with metadata."""
+                  model_version: str | None = None, filters: dict | None = None,
+                  file: Path | None = None, channels: str = "", shape_type: str = "polymorphic") -> pd.DataFrame:
+    """The k nearest stored cells (cosine) to a stored cell, a vector or a cell file, with metadata."""
     fs = FeatureStore()
     filters = dict(filters or {})
+    if file is not None:
+        vector, model_version = embed_file(Path(file), channels, shape_type, model_version)
     if model_version:
         filters["model_version"] = model_version
     if cell_id is not None:
@@ -80,9 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("query")
     s.add_argument("--format", choices=["table", "csv", "parquet"], default="table")
     s.add_argument("--out", type=Path)
+    s.add_argument("--as-of", type=datetime.fromisoformat, metavar="DATETIME",
+                   help="read the embedding tables as they were then (UTC, e.g. 2026-11-20T12:00)")
     n = sub.add_parser("nearest", help="nearest real cells to a cell or a vector")
     n.add_argument("--cell-id")
     n.add_argument("--vector", help="comma-separated floats")
+    n.add_argument("--file", type=Path, help="a cell image (TIFF) or point cloud (.npy), embedded on the fly")
+    n.add_argument("--channels", default="", help="channels of --file, e.g. 'nucleus;structure'")
+    n.add_argument("--shape-type", default="polymorphic", choices=["polymorphic", "punctate"])
     n.add_argument("-k", type=int, default=10)
     n.add_argument("--model-version")
     for col in ("dataset", "plate_id", "drug", "structure_name"):
@@ -163,14 +212,15 @@ def write_synthetic_plate(plate_id: str, out: Path | None = None, seed: int = 0,
 def run(args: argparse.Namespace) -> int:
     """Execute a parsed pure command."""
     if args.command == "sql":
-        df = run_sql(args.query, args.format, args.out)
+        df = run_sql(args.query, args.format, args.out, as_of=args.as_of)
         if args.out is None:
             print(df.to_csv(index=False) if args.format == "csv" else df.to_string(index=False))
         return 0
     if args.command == "nearest":
         filters = {c: getattr(args, c) for c in ("dataset", "plate_id", "drug", "structure_name") if getattr(args, c)}
         vec = np.array([float(v) for v in args.vector.split(",")]) if args.vector else None
-        df = nearest_cells(args.cell_id, vec, args.k, args.model_version, filters)
+        df = nearest_cells(args.cell_id, vec, args.k, args.model_version, filters,
+                           file=args.file, channels=args.channels, shape_type=args.shape_type)
         print(df.to_string(index=False))
         return 0
     if args.command == "ingest":

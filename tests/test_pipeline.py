@@ -91,3 +91,33 @@ def test_nearest_filters_and_paths(demo_home):
     assert n == 12
     meta, vecs = FeatureStore().load({"plate_id": "pA"})
     assert np.isfinite(vecs).all() and len(meta) == 38
+
+
+def test_nearest_of_a_rotated_copy_is_the_cell_itself(demo_home, tmp_path):
+    """A cell's cloud rotated by a random SO(3) rotation, embedded on the fly, finds the stored cell first."""
+    from scipy.spatial.transform import Rotation
+
+    from cellrep_core.pointclouds.build import read_pointclouds
+
+    cid = "pB_C03_001"
+    item = read_pointclouds(paths.pointcloud_path("drug_plates", "pB"), cell_ids=[cid])[0]
+    rot = Rotation.random(random_state=3).as_matrix()
+    np.save(tmp_path / f"{cid}.npy", item.points @ rot.T)  # same name: the same fixed draw of points
+    near = nearest_cells(file=tmp_path / f"{cid}.npy", k=3, filters={"dataset": "drug_plates"})
+    assert near.cell_id.iloc[0] == cid and near.distance.iloc[0] < 1e-5
+    assert near.distance.iloc[1] > 100 * max(near.distance.iloc[0], 1e-9)
+    # an image file is sampled like an ingested cell; a wrong channel list is a clear error
+    src = Warehouse().query("select source_path from cells where cell_id = ?", [cid]).source_path.iloc[0]
+    same = nearest_cells(file=src, channels="nucleus;structure", k=1, filters={"dataset": "drug_plates"})
+    assert same.cell_id.iloc[0] == cid
+    with pytest.raises(ValueError, match="unknown_channel"):
+        nearest_cells(file=src, channels="nucleus;membrane", k=1)
+
+
+def test_sql_as_of_reads_earlier_embeddings(demo_home):
+    from datetime import datetime, timedelta
+
+    now = run_sql("select count(*) n from cell_embeddings").n.iloc[0]
+    assert now > 0
+    with pytest.raises(duckdb.CatalogException):  # before any embedding was written
+        run_sql("select count(*) n from cell_embeddings", as_of=datetime.utcnow() - timedelta(days=365))

@@ -100,3 +100,31 @@ def test_ann_index_built_above_threshold_and_kept_fresh(tmp_path):
     assert np.mean(recall) >= 0.9
     only = fs.nearest(data[0], k=5, filters={"drug": "DMSO"})
     assert len(only) == 5 and set(only.drug) == {"DMSO"}
+
+
+def test_time_travel_by_version_and_date_and_maintenance(tmp_path):
+    import time
+    from datetime import datetime, timedelta
+
+    fs = FeatureStore(tmp_path / "lance")
+    rng = np.random.default_rng(1)
+    fs.upsert(_meta(10), rng.normal(size=(10, 8)))
+    time.sleep(0.05)
+    t_first = datetime.utcnow()
+    time.sleep(0.05)
+    fs.upsert(_meta(10, "v2"), rng.normal(size=(10, 8)))
+    vs = fs.versions()
+    assert list(vs.rows)[0] == 10 and list(vs.rows)[-1] == 20
+    old, _ = fs.load(as_of=t_first)
+    assert len(old) == 10 and set(old.model_version) == {"v1"}
+    first, _ = fs.load(version=int(vs.version.iloc[0]))
+    assert len(first) == 10
+    assert len(fs.load()[0]) == 20  # the latest version by default
+    with pytest.raises(LookupError, match="did not exist"):
+        fs.load(as_of=t_first - timedelta(days=1))
+    # maintenance keeps every row and the latest version; recent versions stay readable
+    res = fs.optimize(keep=timedelta(days=7))
+    assert res[0]["rows"] == 20 and res[0]["versions_after"] >= 1
+    assert len(fs.load(as_of=t_first)[0]) == 10
+    fs.optimize(keep=timedelta(0))
+    assert len(fs.versions()) <= 2 and len(fs.load()[0]) == 20

@@ -28,9 +28,9 @@ def cell_seed(cell_id: str, seed: int = 0) -> int:
     return zlib.crc32(f"{seed}:{cell_id}".encode())
 
 
-def fixed_points(item: CloudItem, cfg: ModelConfig) -> np.ndarray:
-    """The deterministic input draw used to embed a cell."""
-    rng = np.random.default_rng(cell_seed(item.cell_id, cfg.seed))
+def fixed_points(item: CloudItem, cfg: ModelConfig, draw: int = 0) -> np.ndarray:
+    """The ``draw``-th deterministic input draw used to embed a cell (draw 0: the one training validates on)."""
+    rng = np.random.default_rng(cell_seed(item.cell_id, cfg.seed) + int(draw))
     return _draw_points(item, cfg, rng, noise=False)
 
 

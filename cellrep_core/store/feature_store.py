@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import lancedb
@@ -108,13 +109,65 @@ class FeatureStore:
         with self._lock:
             self.db.open_table(table).delete(where_clause(filters))
 
+    def versions(self, table: str = TABLE) -> pd.DataFrame:
+        """The kept versions of a table: version number, timestamp (UTC) and row count."""
+        if table not in self.table_names():
+            return pd.DataFrame(columns=["version", "timestamp", "rows"])
+        vs = self.db.open_table(table).list_versions()
+        return pd.DataFrame(
+            {
+                "version": [int(v["version"]) for v in vs],
+                "timestamp": [v["timestamp"] for v in vs],
+                "rows": [int(v["metadata"].get("total_rows", -1)) for v in vs],
+            }
+        )
+
+    def version_as_of(self, when: datetime, table: str = TABLE) -> int:
+        """The table version that was current at ``when`` (naive datetimes are UTC)."""
+        vs = self.versions(table)
+        when = when.replace(tzinfo=None) if when.tzinfo is None else when.astimezone(UTC).replace(tzinfo=None)
+        before = vs[vs.timestamp <= pd.Timestamp(when)]
+        if before.empty:
+            first = vs.timestamp.min() if len(vs) else "never"
+            raise LookupError(f"{table} did not exist at {when:%Y-%m-%d %H:%M:%S} (first version: {first})")
+        return int(before.version.max())
+
+    def open_table(self, table: str = TABLE, version: int | None = None, as_of: datetime | None = None):
+        """A table, at its latest version or read back at ``version`` / the version current at ``as_of``."""
+        tbl = self.db.open_table(table)
+        if as_of is not None:
+            version = self.version_as_of(as_of, table)
+        if version is not None:
+            tbl.checkout(int(version))
+        return tbl
+
+    def optimize(self, keep: timedelta = timedelta(days=7)) -> list[dict]:
+        """Compact every table's files, fold new rows into its indices and drop versions older than ``keep``
+        (the latest version is always kept); returns per-table row and version counts."""
+        out = []
+        with self._lock:
+            for name in self.table_names():
+                tbl = self.db.open_table(name)
+                before = len(tbl.list_versions())
+                tbl.optimize(cleanup_older_than=keep)
+                out.append(
+                    {"table": name, "rows": tbl.count_rows(), "versions_before": before,
+                     "versions_after": len(tbl.list_versions())}
+                )
+        return out
+
     def load(
-        self, filters: dict[str, object] | None = None, table: str = TABLE
+        self,
+        filters: dict[str, object] | None = None,
+        table: str = TABLE,
+        version: int | None = None,
+        as_of: datetime | None = None,
     ) -> tuple[pd.DataFrame, np.ndarray]:
-        """Metadata and ``[n, d]`` vectors of the rows matching the filters, ordered by cell_id."""
+        """Metadata and ``[n, d]`` vectors of the rows matching the filters, ordered by cell_id; optionally
+        as the table was at ``version`` or at the date ``as_of`` (time travel)."""
         if table not in self.table_names():
             return pd.DataFrame(columns=META_COLUMNS), np.zeros((0, 0), np.float32)
-        tbl = self.db.open_table(table)
+        tbl = self.open_table(table, version, as_of)
         w = where_clause(filters)
         arrow = tbl.search().where(w).limit(None).to_arrow() if w else tbl.to_arrow()
         df = arrow.to_pandas()
