@@ -7,7 +7,7 @@ import dagster as dg
 
 from cellrep_core import sqlmodels
 from cellrep_core.pipeline import REFERENCE
-from orchestration.resources import WarehouseResource
+from orchestration.resources import FeatureStoreResource, WarehouseResource
 
 _REF = list(REFERENCE)
 # warehouse tables → the assets that write them
@@ -21,6 +21,7 @@ TABLE_ASSETS: dict[str, list[str]] = {
     "models": [f"{d}_model" for d in _REF],
     "benchmark_metrics": [f"{d}_benchmark" for d in _REF],
     "drug_qvalues": ["plate_qvalues"],
+    "cell_embeddings": ["plate_embeddings", *(f"{d}_embeddings" for d in _REF)],
 }
 
 
@@ -49,8 +50,9 @@ def sql_model_assets(sql_dir: Path = sqlmodels.SQL_DIR) -> list[dg.AssetsDefinit
 def _sql_asset(m: sqlmodels.SqlModel, deps: list[dg.AssetKey]) -> dg.AssetsDefinition:
     @dg.asset(name=m.name, group_name="sql_models", deps=deps, kinds={"duckdb", "sql"}, code_version=m.code_version,
               description=f"SQL model {m.path.name}")
-    def _fn(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
-        n = sqlmodels.materialize(warehouse.get(), m)
+    def _fn(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+            feature_store: FeatureStoreResource) -> dg.MaterializeResult:
+        n = sqlmodels.materialize(warehouse.get(), m, feature_store.get())
         preview = warehouse.get().query(f'SELECT * FROM "{m.name}" LIMIT 20')
         return dg.MaterializeResult(metadata={"rows": n, "sql_file": str(m.path),
                                               "preview": dg.MetadataValue.md(preview.to_markdown(index=False))})

@@ -30,8 +30,8 @@ def connect_readonly(with_embeddings: bool = True, as_of: datetime | None = None
         for name in fs.table_names():
             try:
                 con.register(name, fs.open_table(name, as_of=as_of).to_arrow())
-            except LookupError:
-                continue  # the table did not exist yet at as_of
+            except LookupError:  # the table did not exist yet at as_of: it was empty then
+                con.register(name, fs.db.open_table(name).schema.empty_table())
     return con
 
 

@@ -87,11 +87,29 @@ def _line_of(err: Exception, model: SqlModel) -> str:
     return f"{model.path}:{int(m.group(1)) - 1}" if m else str(model.path)
 
 
-def materialize(wh: Warehouse, model: SqlModel) -> int:
-    """Create or replace the model's table; errors name the file and line. Returns the row count."""
+EMBEDDING_TABLE = "cell_embeddings"
+
+
+def materialize(wh: Warehouse, model: SqlModel, feature_store=None) -> int:
+    """Create or replace the model's table; errors name the file and line. Returns the row count.
+
+    A model that reads ``cell_embeddings`` (or ``cell_embeddings_<d>d``) sees the LanceDB tables of
+    ``feature_store`` (vectors as ``FLOAT[d]``) registered in its connection."""
     body = model.sql.rstrip().rstrip(";")
+    lance = [d for d in model.deps if d.startswith(EMBEDDING_TABLE)]
     try:
         with wh.write() as con:
+            if lance:
+                if feature_store is None:
+                    raise SqlModelError(f"SQL model {model.name} ({model.path}) reads {lance} but got no feature store")
+                present = set(feature_store.table_names())
+                for name in lance:
+                    if name not in present:
+                        raise SqlModelError(
+                            f"SQL model {model.name} ({model.path}) reads {name!r}, which the feature store does "
+                            f"not have yet (present: {sorted(present) or 'none'}); materialize embeddings first"
+                        )
+                    con.register(name, feature_store.db.open_table(name).to_arrow())
             con.execute(f'CREATE OR REPLACE TABLE "{model.name}" AS\n{body}')
             return con.execute(f'SELECT count(*) FROM "{model.name}"').fetchone()[0]
     except duckdb.Error as err:
