@@ -190,3 +190,62 @@ def test_crop_channels_by_index_and_anisotropic_voxels_resampled(tmp_path):
     assert crop.shape == (3, 30, 40, 40)  # z resampled 3x to isotropic 0.1 um
     # the structure keeps its physical volume: 2 x 4 x 22 voxels of 0.3 x 0.1 x 0.1 um
     assert (crop[2] > 0).sum() == pytest.approx(2 * 4 * 22 * 3, rel=0.1)
+
+
+def test_one_manifest_with_every_bad_input(tmp_path, home):
+    """Good cells and one example of each bad input: every bad one quarantined with its reason, every
+    good one kept, and a second run adds nothing."""
+    from cellrep_core.data.synthetic import generate_polymorphic_dataset
+
+    d = tmp_path / "ds"
+    good = generate_polymorphic_dataset(d, n_cells=3, seed=2, grid=32)
+    rows = good.to_dict("records")
+    base = {**rows[0], "seed": 0}
+    z = np.zeros((16, 16, 16), np.uint8)
+    nuc = z.copy()
+    nuc[4:12, 4:12, 4:12] = 255
+
+    def add(cell_id, arr, channels="nucleus;structure", **extra):
+        tifffile.imwrite(d / f"{cell_id}.tiff", arr)
+        rows.append({**base, "cell_id": cell_id, "path": f"{cell_id}.tiff", "channels": channels, **extra})
+
+    (d / "truncated.tiff").write_bytes((d / rows[0]["path"]).read_bytes()[:300])
+    rows.append({**base, "cell_id": "bad_truncated", "path": "truncated.tiff"})
+    add("bad_2d", np.full((16, 16), 255, np.uint8), channels="structure")
+    add("bad_empty", np.stack([nuc, z]))
+    add("bad_full", np.stack([nuc, np.full_like(z, 255)]))
+    outside = z.copy()
+    outside[0:2, 0:2, 0:2] = 255
+    add("bad_outside", np.stack([nuc, nuc, outside]), channels="nucleus;cell;structure")
+    raw = np.ones((16, 16, 16), np.float32)
+    raw[5, 5, 5] = np.nan
+    add("bad_nan", np.stack([raw, nuc.astype(np.float32)]), channels="raw;nucleus", shape_type="punctate")
+    rows.append({**base, "cell_id": "bad_escape", "path": "../elsewhere.tiff"})
+    rows.append({**rows[1]})  # duplicate cell id
+    rows.append({**base, "cell_id": "bad_channel", "channels": "nucleus;membrane"})
+    pd.DataFrame(rows).to_csv(d / "manifest.csv", index=False)
+
+    wh = Warehouse()
+    first = pipeline.ingest(d / "manifest.csv", wh, "ds")
+    q = wh.query("select cell_id, reason, stage, detail from quarantine order by cell_id")
+    got = dict(zip(q.cell_id, q.reason, strict=False))
+    assert got == {
+        "bad_truncated": "unreadable",
+        "bad_2d": "wrong_dimensionality",
+        "bad_empty": "empty_segmentation",
+        "bad_full": "all_foreground",
+        "bad_outside": "structure_outside_cell",
+        "bad_nan": "nan_intensity",
+        "bad_escape": "path_outside_root",
+        rows[1]["cell_id"]: "duplicate_cell_id",
+        "bad_channel": "unknown_channel",
+    }
+    assert set(q.stage) == {"ingest"} and all(len(x) > 30 for x in q.detail)
+    cells = wh.query("select cell_id from cells order by cell_id").cell_id.tolist()
+    assert cells == sorted(good.cell_id)
+    second = pipeline.ingest(d / "manifest.csv", wh, "ds")
+    assert first == second
+    assert wh.query("select (select count(*) from cells) c, (select count(*) from quarantine) q").iloc[0].tolist() == [
+        3,
+        9,
+    ]
