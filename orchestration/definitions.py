@@ -9,6 +9,7 @@ from assets.plates import plate_asset_defs
 from assets.reference import reference_asset_defs
 from assets.sql_models import sql_model_assets
 from orchestration.resources import FeatureStoreResource, WarehouseResource
+from orchestration.sensors import landing_plates_sensor
 
 all_assets = [
     *reference_asset_defs,
@@ -20,4 +21,5 @@ all_assets = [
 
 resources = {"warehouse": WarehouseResource(), "feature_store": FeatureStoreResource()}
 
-defs = dg.Definitions(assets=all_assets, resources=resources, schedules=[feature_store_nightly])
+defs = dg.Definitions(assets=all_assets, resources=resources, schedules=[feature_store_nightly],
+                      sensors=[landing_plates_sensor])

@@ -202,7 +202,8 @@ def _write_cell_tiff(path: Path, arr: np.ndarray) -> None:
 
 
 def _write_manifest(out_dir: Path, rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """Write ``manifest.csv`` and return it as a DataFrame with the manifest columns in order."""
+    """Write ``manifest.csv`` (last, via a temporary file and a rename, so a watcher of the folder never
+    sees half a manifest) and return it as a DataFrame with the manifest columns in order."""
     df = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
     for col in MANIFEST_COLUMNS:
         if col == "voxel_size_um":
@@ -211,7 +212,9 @@ def _write_manifest(out_dir: Path, rows: list[dict[str, Any]]) -> pd.DataFrame:
             df[col] = df[col].astype("int64")
         else:
             df[col] = df[col].astype(str)
-    df.to_csv(out_dir / "manifest.csv", index=False)
+    tmp = out_dir / "manifest.csv.tmp"
+    df.to_csv(tmp, index=False)
+    os.replace(tmp, out_dir / "manifest.csv")
     return df
 
 

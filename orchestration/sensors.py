@@ -1,0 +1,107 @@
+"""The landing-folder sensor: each new, complete plate folder becomes a ``plates`` partition and a run.
+
+A plate folder ``$CELLREP_HOME/landing/plates/<plate_id>/`` is complete when its ``manifest.csv`` exists:
+write the images first and the manifest last, by writing ``manifest.csv.tmp`` and renaming it
+(``cellrep synth-plate`` does this), or drop an empty ``_READY`` file after the manifest. A folder with a
+``_READY`` marker is only taken once the marker is there. A plate already known is never added twice; a
+folder whose manifest cannot be read is reported in the tick and in ``quarantine`` (stage ``landing``)
+and not tried again until its manifest changes.
+"""
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+
+from cellrep_core import paths
+from cellrep_core.data.cells import read_manifest
+from cellrep_core.store.warehouse import Warehouse
+from orchestration.partitions import plates_partitions
+
+READY_MARKER = "_READY"
+PLATE_ASSETS = ["plate_cells", "plate_pointclouds", "plate_embeddings", "plate_qvalues"]
+
+
+def plate_folder_state(folder: Path) -> str:
+    """``incomplete`` (no manifest yet, or a ``.tmp`` still being written), or ``ready``."""
+    manifest = folder / "manifest.csv"
+    if not manifest.exists():
+        return "incomplete"
+    if (folder / "manifest.csv.tmp").exists():
+        return "incomplete"
+    return "ready"
+
+
+def _quarantine_plate(plate_id: str, manifest: Path, detail: str) -> None:
+    row = pd.DataFrame(
+        [
+            {
+                "cell_id": plate_id,
+                "dataset": "drug_plates",
+                "plate_id": plate_id,
+                "stage": "landing",
+                "reason": "bad_manifest",
+                "detail": detail,
+                "source_path": str(manifest),
+            }
+        ]
+    )
+    wh = Warehouse()
+    with wh.write() as con:
+        con.execute("DELETE FROM quarantine WHERE plate_id = ? AND stage = 'landing'", [plate_id])
+        con.register("_q", row)
+        con.execute(f"INSERT INTO quarantine ({', '.join(row.columns)}) SELECT * FROM _q")
+        con.unregister("_q")
+
+
+def scan_landing(known: set[str], rejected: dict[str, float]) -> tuple[list[str], dict[str, str], dict[str, float]]:
+    """New complete plates, newly rejected plates (id -> why) and the updated rejected map (id -> mtime)."""
+    landing = paths.landing_plates_dir()
+    new, bad = [], {}
+    rejected = dict(rejected)
+    if not landing.exists():
+        return new, bad, rejected
+    for folder in sorted(p for p in landing.iterdir() if p.is_dir()):
+        pid = folder.name
+        if pid in known or plate_folder_state(folder) != "ready":
+            continue
+        manifest = folder / "manifest.csv"
+        mtime = manifest.stat().st_mtime
+        if rejected.get(pid) == mtime:
+            continue  # same bad manifest as last time: reported once, not retried
+        try:
+            df = read_manifest(manifest)
+            if df.empty:
+                raise ValueError(f"manifest {manifest} has no rows")
+        except (ValueError, OSError) as err:
+            bad[pid] = f"{err}; fix the manifest (the plate is picked up again when it changes)"
+            rejected[pid] = mtime
+            continue
+        rejected.pop(pid, None)
+        new.append(pid)
+    return new, bad, rejected
+
+
+@dg.sensor(
+    name="landing_plates_sensor",
+    minimum_interval_seconds=15,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    asset_selection=dg.AssetSelection.assets(*PLATE_ASSETS),
+    description="Adds each complete plate folder in the landing area as a plates partition and requests its run.",
+)
+def landing_plates_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    known = set(context.instance.get_dynamic_partitions(plates_partitions.name))
+    new, bad, rejected = scan_landing(known, cursor.get("rejected", {}))
+    for pid, why in bad.items():
+        context.log.warning(f"plate {pid} rejected: {why}")
+        _quarantine_plate(pid, paths.landing_plates_dir() / pid / "manifest.csv", why)
+    new_cursor = json.dumps({"rejected": rejected}, sort_keys=True)
+    if not new and not bad:
+        return dg.SkipReason(f"no new complete plate folder in {paths.landing_plates_dir()}")
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(run_key=f"plate:{pid}", partition_key=pid) for pid in new],
+        dynamic_partitions_requests=[plates_partitions.build_add_request(new)] if new else [],
+        cursor=new_cursor,
+    )
