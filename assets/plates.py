@@ -44,6 +44,43 @@ def plate_pointclouds(context: dg.AssetExecutionContext, warehouse: WarehouseRes
     return dg.MaterializeResult(metadata=_md(res))
 
 
+MIN_VALID_CELLS = 10
+MIN_VALID_FRACTION = 0.8
+
+
+@dg.asset_check(asset=plate_pointclouds, blocking=True,
+                description=f"At least {MIN_VALID_CELLS} cells and {MIN_VALID_FRACTION:.0%} of the plate's cells "
+                            "have a point cloud, and every stored cloud is finite; blocks embedding otherwise.")
+def plate_pointclouds_valid(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    return pointcloud_check(context.partition_key if context.has_partition_key else None)
+
+
+def pointcloud_check(pid: str | None) -> dg.AssetCheckResult:
+    """The blocking check of a plate's point clouds (also usable without Dagster)."""
+    import numpy as np
+
+    from cellrep_core.pointclouds.build import read_pointclouds
+
+    if pid is None:
+        return dg.AssetCheckResult(passed=False, description="the check needs a plate partition")
+    path = paths.pointcloud_path(PLATES_DATASET, pid)
+    items = read_pointclouds(path) if path.exists() else []
+    n_cells = len(pipeline.cells_of(pipeline.Warehouse(), PLATES_DATASET, pid))
+    n_bad = sum(
+        1 for it in items if not (np.isfinite(it.points).all() and (it.sdf is None or np.isfinite(it.sdf).all()))
+    )
+    frac = len(items) / n_cells if n_cells else 0.0
+    passed = len(items) >= MIN_VALID_CELLS and frac >= MIN_VALID_FRACTION and n_bad == 0
+    return dg.AssetCheckResult(
+        passed=passed,
+        metadata={"clouds": len(items), "cells": n_cells, "valid_fraction": round(frac, 3), "non_finite": n_bad},
+        description=None if passed else (
+            f"plate {pid}: {len(items)} clouds of {n_cells} cells ({frac:.0%}), {n_bad} with NaN/inf; needs "
+            f">= {MIN_VALID_CELLS} and >= {MIN_VALID_FRACTION:.0%}: see quarantine for the failed cells"
+        ),
+    )
+
+
 @dg.asset(partitions_def=plates_partitions, group_name="plates",
           deps=[plate_pointclouds, dg.AssetKey(f"{BASE_DATASET}_model")], kinds={"lancedb"},
           description="A plate's cells embedded with the base polymorphic model into the feature store.")
@@ -74,3 +111,4 @@ def plate_qvalues(context: dg.AssetExecutionContext, config: ProfileConfig, ware
 
 
 plate_asset_defs = [plate_cells, plate_pointclouds, plate_embeddings, plate_qvalues]
+plate_asset_checks = [plate_pointclouds_valid]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from assets.feature_store import embedding_ann_index, feature_store_maintenance, feature_store_nightly
-from assets.plates import plate_asset_defs
+from assets.plates import plate_asset_checks, plate_asset_defs
 from assets.reference import reference_asset_defs
 from assets.sql_models import sql_model_assets
 from orchestration.resources import FeatureStoreResource, WarehouseResource
@@ -21,5 +21,6 @@ all_assets = [
 
 resources = {"warehouse": WarehouseResource(), "feature_store": FeatureStoreResource()}
 
-defs = dg.Definitions(assets=all_assets, resources=resources, schedules=[feature_store_nightly],
+defs = dg.Definitions(assets=all_assets, asset_checks=plate_asset_checks, resources=resources,
+                      schedules=[feature_store_nightly],
                       sensors=[landing_plates_sensor])

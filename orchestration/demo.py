@@ -41,13 +41,14 @@ def instance() -> dg.DagsterInstance:
 
 
 def _materialize(inst: dg.DagsterInstance, selection: dg.AssetSelection, partition_key: str | None = None,
-                 run_config: dict | None = None) -> None:
-    from orchestration.definitions import all_assets, resources
+                 run_config: dict | None = None) -> dg.ExecuteInProcessResult:
+    from orchestration.definitions import all_assets, plate_asset_checks, resources
 
     run_config = {**(run_config or {}), "loggers": {"console": {"config": {"log_level": LOG_LEVEL}}}}
-    res = dg.materialize(all_assets, selection=selection, instance=inst, resources=resources,
+    res = dg.materialize([*all_assets, *plate_asset_checks], selection=selection, instance=inst, resources=resources,
                          partition_key=partition_key, run_config=run_config, raise_on_error=True)
     assert res.success
+    return res
 
 
 def register_landing_plates(inst: dg.DagsterInstance) -> list[str]:

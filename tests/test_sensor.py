@@ -28,7 +28,9 @@ def _tick(inst, cursor):
 
 def _run(inst, pid):
     """What the daemon does with a run request: materialize the plate assets for that partition."""
-    _materialize(inst, dg.AssetSelection.assets(*PLATE_ASSETS), partition_key=pid, run_config=PLATE_RUN)
+    res = _materialize(inst, dg.AssetSelection.assets(*PLATE_ASSETS), partition_key=pid, run_config=PLATE_RUN)
+    checks = {e.check_name: e.passed for e in res.get_asset_check_evaluations()}
+    assert checks == {"plate_pointclouds_valid": True}
 
 
 def _materialized_partitions(inst, after_id: int) -> set[tuple[str, str]]:
@@ -77,3 +79,11 @@ def test_new_plates_trigger_only_their_own_runs(home):
         pd_a = wh.query("select * from drug_qvalues where plate_id = 'plate_A' order by drug, feature_set")
         assert pd_a.equals(qa)  # plate A's rows untouched
         assert len(wh.query("select * from drug_qvalues where plate_id = 'plate_B'")) == 4
+
+
+def test_pointcloud_check_blocks_a_plate_without_clouds(home):
+    from assets.plates import pointcloud_check
+
+    res = pointcloud_check("plate_nothing")
+    assert not res.passed and "0 clouds of 0 cells" in res.description
+    assert not pointcloud_check(None).passed
