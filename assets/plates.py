@@ -2,6 +2,7 @@
 
 
 import dagster as dg
+import pandas as pd
 
 from cellrep_core import paths, pipeline
 from cellrep_core.pipeline import PLATES_DATASET
@@ -30,6 +31,8 @@ def plate_cells(context: dg.AssetExecutionContext, warehouse: WarehouseResource)
     wh = warehouse.get()
     counts = pipeline.ingest(plate_dir / "manifest.csv", wh, PLATES_DATASET, plate_id=pid)
     n_truth = pipeline.write_truth(wh, plate_dir, pid)
+    wh.upsert("plates", pd.DataFrame([{"plate_id": pid, "source_dir": str(plate_dir), "n_cells": counts["cells"],
+                                       "n_quarantined": counts["quarantined"]}]), on=["plate_id"])
     context.log.info(f"plate {pid}: {counts}")
     return dg.MaterializeResult(metadata={**_md(counts), "truth_rows": n_truth,
                                           "quarantine_reasons": str(counts["reasons"])})

@@ -79,6 +79,8 @@ def test_new_plates_trigger_only_their_own_runs(home):
         pd_a = wh.query("select * from drug_qvalues where plate_id = 'plate_A' order by drug, feature_set")
         assert pd_a.equals(qa)  # plate A's rows untouched
         assert len(wh.query("select * from drug_qvalues where plate_id = 'plate_B'")) == 4
+        plates = wh.query("select plate_id, n_cells, n_quarantined from plates order by plate_id")
+        assert list(plates.plate_id) == ["plate_A", "plate_B"] and (plates.n_quarantined == 2).all()
 
 
 def test_pointcloud_check_blocks_a_plate_without_clouds(home):
