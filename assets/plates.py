@@ -6,6 +6,7 @@ import pandas as pd
 
 from cellrep_core import paths, pipeline
 from cellrep_core.pipeline import PLATES_DATASET
+from cellrep_core.store.warehouse import Warehouse
 from orchestration.partitions import plates_partitions
 from orchestration.resources import FeatureStoreResource, WarehouseResource
 
@@ -68,7 +69,7 @@ def pointcloud_check(pid: str | None) -> dg.AssetCheckResult:
         return dg.AssetCheckResult(passed=False, description="the check needs a plate partition")
     path = paths.pointcloud_path(PLATES_DATASET, pid)
     items = read_pointclouds(path) if path.exists() else []
-    n_cells = len(pipeline.cells_of(pipeline.Warehouse(), PLATES_DATASET, pid))
+    n_cells = len(pipeline.cells_of(Warehouse(), PLATES_DATASET, pid))
     n_bad = sum(
         1 for it in items if not (np.isfinite(it.points).all() and (it.sdf is None or np.isfinite(it.sdf).all()))
     )

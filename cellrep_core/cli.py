@@ -84,7 +84,7 @@ def embed_file(path: Path, channels: str = "", shape_type: str = "polymorphic",
             raise ValueError(f"{path} cannot be embedded: {q['reason']}: {q['detail']}")
         item = CloudItem(path.stem, res["points"], res["sdf"])
     wh = Warehouse()
-    base = {"polymorphic": "synthetic_polymorphic", "punctate": "synthetic_punctate"}[shape_type]
+    base = pipeline.BASE_DATASET_OF_SHAPE[shape_type]
     tm = pipeline.model_by_version(wh, model_version) if model_version else pipeline.latest_model(wh, base)
     if tm.config.kind != ("punctate" if shape_type == "punctate" else "sdf"):
         raise ValueError(f"model {tm.version} is a {tm.config.kind} model; it cannot embed a {shape_type} cell")
@@ -188,7 +188,7 @@ def ingest_command(
     kinds = set(pipeline.cells_of(wh, ds, plate_id)["shape_type"])
     if len(kinds) != 1:
         raise ValueError(f"{manifest}: cells of several shape types {sorted(kinds)}; ingest them as separate data sets")
-    base = {"polymorphic": "synthetic_polymorphic", "punctate": "synthetic_punctate"}[kinds.pop()]
+    base = pipeline.BASE_DATASET_OF_SHAPE[kinds.pop()]
     try:
         tm = pipeline.model_by_version(wh, model_version) if model_version else pipeline.latest_model(wh, base)
     except LookupError as err:

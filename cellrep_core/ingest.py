@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from cellrep_core import paths
 from cellrep_core.data.cells import (
+    MANIFEST_COLUMNS,
     parse_voxel_size,
     read_cell_image,
     read_fov_images,
@@ -17,25 +17,12 @@ from cellrep_core.data.cells import (
     validate_polymorphic,
     validate_punctate,
     write_cell_tiff,
-    write_mask_tiff,
 )
 from cellrep_core.data.fov import resample_cell, split_fov
 from cellrep_core.errors import CellInputError
 
-CELL_COLUMNS = [
-    "cell_id",
-    "dataset",
-    "plate_id",
-    "well",
-    "drug",
-    "structure_name",
-    "shape_type",
-    "label",
-    "source_path",
-    "channels",
-    "voxel_size_um",
-    "seed",
-]
+# a cell row is a manifest row whose path has been resolved and checked
+CELL_COLUMNS = ["source_path" if c == "path" else c for c in MANIFEST_COLUMNS]
 QUARANTINE_COLUMNS = ["cell_id", "dataset", "plate_id", "stage", "reason", "detail", "source_path"]
 
 
@@ -118,6 +105,22 @@ def _cell_row(row: dict, cell_id: str, ds: str, pid: str, path: Path, channels: 
     }
 
 
+def working_voxel_um(row: dict, voxel: tuple[float, float, float], cell_id: str, path: Path) -> float:
+    """The cubic voxel size crops are resampled to: ``target_voxel_um`` or the finest spacing."""
+    target = str(row.get("target_voxel_um") or "").strip()
+    if not target:
+        return min(voxel)
+    try:
+        value = float(target)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise CellInputError(
+            cell_id, path, "bad_voxel_size", f"target_voxel_um {target!r} must be a positive number of micrometres."
+        )
+    return value
+
+
 def _ingest_fov_row(
     row: dict, manifest: Path, ds: str, pid: str, data_root: Path | None, crops_dir: Path, seen: set[str]
 ) -> tuple[list[dict], list[dict]]:
@@ -128,7 +131,7 @@ def _ingest_fov_row(
     files = [resolve_path(manifest.parent, r, fov_id, data_root) for r in rels]
     images = read_fov_images(files, channels, fov_id)
     voxel = parse_voxel_size(row, fov_id, files[0])
-    target = str(row.get("target_voxel_um") or "").strip()
+    voxel_um = working_voxel_um(row, voxel, fov_id, files[0])
     structure_in = str(row.get("structure_in") or "cell").strip()
     try:
         cells = split_fov(
@@ -138,11 +141,10 @@ def _ingest_fov_row(
             voxel_size_zyx=voxel,
             structure_in=structure_in,
             keep_border=True,
-            target_voxel_um=float(target) if target else None,
+            target_voxel_um=voxel_um,
         )
     except ValueError as exc:
         raise CellInputError(fov_id, files[0], "bad_field_of_view", f"{files[0]}: {exc}") from exc
-    voxel_um = float(target) if target else min(voxel)
     good, bad = [], []
     crops_dir.mkdir(parents=True, exist_ok=True)
     for c in cells:
@@ -159,16 +161,15 @@ def _ingest_fov_row(
                     f"cell label {c.label} of {files[0]} touches the image border, so its shape is cut off; "
                     "it is left out (image a larger field of view to keep it).",
                 )
-            planes = {"cell": c.cell, "nucleus": c.nucleus, "structure": c.structure}
-            names = [n for n, a in planes.items() if a is not None]
+            planes = (("cell", c.cell), ("nucleus", c.nucleus), ("structure", c.structure))
+            crop = {n: a for n, a in planes if a is not None}
             out = crops_dir / f"{cell_id}.tiff"
-            write_mask_tiff(out, np.stack([planes[n] for n in names]))
-            crop = {n: planes[n] for n in names}
+            write_cell_tiff(out, crop)
             validate_cell_arrays(crop, str(row.get("shape_type") or "polymorphic"), cell_id, out)
         except CellInputError as err:
             bad.append(quarantine_row(err, ds, pid))
             continue
-        good.append(_cell_row(row, cell_id, ds, pid, out, ";".join(names), voxel_um))
+        good.append(_cell_row(row, cell_id, ds, pid, out, ";".join(crop), voxel_um))
     return good, bad
 
 
@@ -218,8 +219,7 @@ def ingest_manifest(
             shape_type = str(row.get("shape_type") or "polymorphic")
             images = read_cell_image(path, channels, cell_id)
             voxel = parse_voxel_size(row, cell_id, path)
-            target = str(row.get("target_voxel_um") or "").strip()
-            voxel_um = float(target) if target else min(voxel)
+            voxel_um = working_voxel_um(row, voxel, cell_id, path)
             chan_str = str(row["channels"])
             if any(abs(v - voxel_um) > 1e-9 * voxel_um for v in voxel):
                 # anisotropic (or a requested working voxel): resample before meshing, keep the crop

@@ -53,6 +53,10 @@ REFERENCE = {
 }
 
 
+# the reference data set whose base model embeds cells of a shape type
+BASE_DATASET_OF_SHAPE = {"polymorphic" if spec.kind == "sdf" else "punctate": name for name, spec in REFERENCE.items()}
+
+
 def generate_reference(dataset: str, size: int, seed: int, grid: int = 64) -> Path:
     """Write a synthetic reference data set under ``raw/<dataset>/`` (same files on every run)."""
     out = paths.raw_dir(dataset)
@@ -323,10 +327,7 @@ def profile_plate(
         "WHERE h.plate_id = ? ORDER BY cell_id",
         [plate_id],
     )
-    model_path = wh.query("SELECT path FROM models WHERE model_version = ?", [model_version])
-    if model_path.empty:
-        raise LookupError(f"model version {model_version} is not in the models table")
-    whitening = load_whitening(Path(model_path.path.iloc[0]))
+    whitening = load_whitening(model_by_version(wh, model_version).path)
     out = []
     for feature_set, meta, feats in (
         ("embedding", emb_meta[["cell_id", "plate_id", "drug"]], whitening.transform(vecs)),

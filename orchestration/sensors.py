@@ -1,9 +1,9 @@
 """The landing-folder sensor: each new, complete plate folder becomes a ``plates`` partition and a run.
 
-A plate folder ``$CELLREP_HOME/landing/plates/<plate_id>/`` is complete when its ``manifest.csv`` exists:
-write the images first and the manifest last, by writing ``manifest.csv.tmp`` and renaming it
-(``cellrep synth-plate`` does this), or drop an empty ``_READY`` file after the manifest. A folder with a
-``_READY`` marker is only taken once the marker is there. A plate already known is never added twice; a
+A plate folder ``$CELLREP_HOME/landing/plates/<plate_id>/`` is complete when its ``manifest.csv`` exists
+and no ``manifest.csv.tmp`` is beside it: write the images first and the manifest last, by writing
+``manifest.csv.tmp`` and renaming it (``cellrep synth-plate`` does this). A plate already known is never
+added twice; a
 folder whose manifest cannot be read is reported in the tick and in ``quarantine`` (stage ``landing``)
 and not tried again until its manifest changes.
 """
@@ -19,18 +19,12 @@ from cellrep_core.data.cells import read_manifest
 from cellrep_core.store.warehouse import Warehouse
 from orchestration.partitions import plates_partitions
 
-READY_MARKER = "_READY"
 PLATE_ASSETS = ["plate_cells", "plate_pointclouds", "plate_embeddings", "plate_qvalues"]
 
 
-def plate_folder_state(folder: Path) -> str:
-    """``incomplete`` (no manifest yet, or a ``.tmp`` still being written), or ``ready``."""
-    manifest = folder / "manifest.csv"
-    if not manifest.exists():
-        return "incomplete"
-    if (folder / "manifest.csv.tmp").exists():
-        return "incomplete"
-    return "ready"
+def plate_folder_complete(folder: Path) -> bool:
+    """The manifest is there and not still being written."""
+    return (folder / "manifest.csv").exists() and not (folder / "manifest.csv.tmp").exists()
 
 
 def _quarantine_plate(plate_id: str, manifest: Path, detail: str) -> None:
@@ -64,7 +58,7 @@ def scan_landing(known: set[str], rejected: dict[str, float]) -> tuple[list[str]
         return new, bad, rejected
     for folder in sorted(p for p in landing.iterdir() if p.is_dir()):
         pid = folder.name
-        if pid in known or plate_folder_state(folder) != "ready":
+        if pid in known or not plate_folder_complete(folder):
             continue
         manifest = folder / "manifest.csv"
         mtime = manifest.stat().st_mtime

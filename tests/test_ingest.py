@@ -179,11 +179,17 @@ def test_crop_channels_by_index_and_anisotropic_voxels_resampled(tmp_path):
          "voxel_size_zyx_um": "0.3,0.1,0.1", "shape_type": "polymorphic", "dataset": "crops"},
         {"cell_id": "c2", "path": "c1.ome.tiff", "channels": "nucleus=0;cell=1;structure=7",
          "voxel_size_zyx_um": "0.3,0.1,0.1", "shape_type": "polymorphic", "dataset": "crops"},
+        {"cell_id": "c3", "path": "c1.ome.tiff", "channels": "nucleus=0;cell=1;structure=3",
+         "voxel_size_zyx_um": "0.3,0.1,0.1", "target_voxel_um": "fine", "shape_type": "polymorphic",
+         "dataset": "crops"},
     ]
     pd.DataFrame(rows).to_csv(d / "manifest.csv", index=False)
     res = ingest_manifest(d / "manifest.csv", crops_dir=tmp_path / "out")
     assert list(res.cells.cell_id) == ["c1"]
-    assert dict(zip(res.quarantine.cell_id, res.quarantine.reason, strict=True)) == {"c2": "unknown_channel"}
+    assert dict(zip(res.quarantine.cell_id, res.quarantine.reason, strict=True)) == {
+        "c2": "unknown_channel",
+        "c3": "bad_voxel_size",
+    }
     row = res.cells.iloc[0]
     assert row.channels == "nucleus;cell;structure" and row.voxel_size_um == pytest.approx(0.1)
     crop = tifffile.imread(row.source_path)

@@ -292,10 +292,7 @@ def test_signed_distance_is_exact_on_a_multi_piece_mask():
         mask |= ((ZZ[:40, :40, :40] - c[0]) / rng.uniform(2, 6)) ** 2 + ((YY[:40, :40, :40] - c[1]) / 3) ** 2 + (
             (XX[:40, :40, :40] - c[2]) / rng.uniform(2, 6)
         ) ** 2 <= 1
-    from scipy import ndimage
-
-    filled = ndimage.binary_fill_holes(mask)
-    mesh = mask_to_mesh(mask, filled=filled)
+    mesh = mask_to_mesh(mask)
     pts = rng.uniform(-3, 43, (3000, 3))
     sdf = signed_distance(mesh, pts)
     exact = trimesh.proximity.closest_point(mesh, pts)[1]

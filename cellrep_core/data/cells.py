@@ -393,6 +393,8 @@ def parse_voxel_size(row: dict, cell_id: str, path: Path | str) -> tuple[float, 
 
 def ome_voxel_size(path: Path) -> tuple[float, float, float] | None:
     """PhysicalSizeZ/Y/X of an OME-TIFF's first image, or None when the file has no such metadata."""
+    if not Path(path).name.lower().endswith((".ome.tif", ".ome.tiff")):
+        return None  # only OME-TIFFs carry it: do not open every plain TIFF a second time
     try:
         with tifffile.TiffFile(path) as tif:
             xml = tif.ome_metadata

@@ -42,6 +42,10 @@ class ModelConfig(BaseModel):
 
 
 _PAPER = {"k": 20, "hidden": 64, "batch_size": 32, "lr": 2e-4}
+_DEMO = {"k": 10, "hidden": 16, "n_layers": 3, "latent_dim": 64, "n_points": 512, "decoder_hidden": 128,
+         "batch_size": 16, "lr": 2e-3}
+_TINY = {"k": 8, "hidden": 8, "n_layers": 2, "latent_dim": 16, "n_points": 128, "decoder_hidden": 32,
+         "batch_size": 8, "lr": 1e-3, "max_epochs": 2, "patience": 2}
 
 REGISTRY: dict[str, ModelConfig] = {
     # the published configuration (paper): use on a GPU
@@ -52,65 +56,11 @@ REGISTRY: dict[str, ModelConfig] = {
         name="sdf_paper", kind="sdf", latent_dim=512, n_points=8192, n_query=20000, **_PAPER
     ),
     # small configurations that train in minutes on a laptop CPU (the demo)
-    "punctate_demo": ModelConfig(
-        name="punctate_demo",
-        kind="punctate",
-        k=10,
-        hidden=16,
-        n_layers=3,
-        latent_dim=64,
-        n_points=512,
-        decoder_hidden=128,
-        batch_size=16,
-        lr=2e-3,
-        max_epochs=8,
-        patience=4,
-    ),
-    "sdf_demo": ModelConfig(
-        name="sdf_demo",
-        kind="sdf",
-        k=10,
-        hidden=16,
-        n_layers=3,
-        latent_dim=64,
-        n_points=512,
-        n_query=2048,
-        decoder_hidden=128,
-        batch_size=16,
-        lr=2e-3,
-        max_epochs=15,
-        patience=5,
-    ),
+    "punctate_demo": ModelConfig(name="punctate_demo", kind="punctate", max_epochs=8, patience=4, **_DEMO),
+    "sdf_demo": ModelConfig(name="sdf_demo", kind="sdf", n_query=2048, max_epochs=15, patience=5, **_DEMO),
     # tiny configurations for tests
-    "punctate_tiny": ModelConfig(
-        name="punctate_tiny",
-        kind="punctate",
-        k=8,
-        hidden=8,
-        n_layers=2,
-        latent_dim=16,
-        n_points=128,
-        decoder_hidden=32,
-        batch_size=8,
-        lr=1e-3,
-        max_epochs=2,
-        patience=2,
-    ),
-    "sdf_tiny": ModelConfig(
-        name="sdf_tiny",
-        kind="sdf",
-        k=8,
-        hidden=8,
-        n_layers=2,
-        latent_dim=16,
-        n_points=128,
-        n_query=256,
-        decoder_hidden=32,
-        batch_size=8,
-        lr=1e-3,
-        max_epochs=2,
-        patience=2,
-    ),
+    "punctate_tiny": ModelConfig(name="punctate_tiny", kind="punctate", **_TINY),
+    "sdf_tiny": ModelConfig(name="sdf_tiny", kind="sdf", n_query=256, **_TINY),
 }
 
 

@@ -55,15 +55,10 @@ def _check_mask(mask: np.ndarray, cell_id: str, path: str) -> np.ndarray:
     return mask
 
 
-def mask_to_mesh(
-    mask: np.ndarray, cell_id: str = "", path: str = "", filled: np.ndarray | None = None
-) -> trimesh.Trimesh:
-    """Mesh a binary ZYX mask with marching cubes; vertices are x, y, z voxel coordinates of ``mask``.
-
-    The mesh is the 0.5 level set of the hole-filled mask (``filled``; computed when not given)."""
+def mask_to_mesh(mask: np.ndarray, cell_id: str = "", path: str = "") -> trimesh.Trimesh:
+    """Mesh a binary ZYX mask with marching cubes; vertices are x, y, z voxel coordinates of ``mask``."""
     mask = _check_mask(mask, cell_id, path)
-    if filled is None:
-        filled = ndimage.binary_fill_holes(mask)
+    filled = ndimage.binary_fill_holes(mask)
     padded = np.pad(filled, _PAD).astype(np.float32)
     verts_zyx, faces, _normals, _values = marching_cubes(padded, level=0.5)
     verts = np.ascontiguousarray(verts_zyx[:, ::-1], dtype=np.float64) - _PAD
@@ -164,8 +159,7 @@ def sdf_pointcloud(
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Surface samples, SDF on ``query_grid(grid)`` and mesh stats of a mask, in normalised units."""
     mask = _check_mask(mask, cell_id, path)
-    filled = ndimage.binary_fill_holes(mask)
-    mesh = mask_to_mesh(mask, cell_id=cell_id, path=path, filled=filled)
+    mesh = mask_to_mesh(mask, cell_id=cell_id, path=path)
     centroid = np.argwhere(mask).mean(axis=0)[::-1]  # voxel centroid, x, y, z
     rel = np.asarray(mesh.vertices) - centroid
     max_extent = float(np.abs(rel).max())
