@@ -18,7 +18,6 @@ from cellrep_core.data import synthetic
 from cellrep_core.ingest import ingest_manifest
 from cellrep_core.metrics.rotation import random_rotations, rotation_invariance_error, z90_rotations
 from cellrep_core.models.config import ModelConfig, get_config
-from cellrep_core.models.data import fixed_points
 from cellrep_core.models.train import (
     TrainedModel,
     device_accelerator,
@@ -28,6 +27,7 @@ from cellrep_core.models.train import (
     read_lineage,
     train_model,
 )
+from cellrep_core.models.zoo import model_inputs
 from cellrep_core.pointclouds.build import SamplingConfig, build_pointclouds, read_pointclouds
 from cellrep_core.profiling.features import HANDCRAFTED_FEATURES
 from cellrep_core.profiling.mapping import drug_map_qvalues
@@ -261,7 +261,7 @@ def benchmark(
     held_out = lin.get("val_cells") or []
     items = read_pointclouds(paths.pointcloud_path(dataset, partition), cell_ids=held_out or None)
     model = load_model(tm.path)
-    pts = np.stack([fixed_points(it, model.cfg) for it in items])
+    pts = np.stack([model_inputs(it, model.cfg) for it in items])
     so3 = rotation_invariance_error(model, pts, random_rotations(n_rotations, seed))
     z90 = rotation_invariance_error(model, pts, z90_rotations())
     t0 = time.perf_counter()

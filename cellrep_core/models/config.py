@@ -16,7 +16,14 @@ class ModelConfig(BaseModel):
 
     name: str
     kind: Literal["punctate", "sdf"]
-    encoder: Literal["vn_dgcnn"] = "vn_dgcnn"
+    # model family: point clouds (SO(3) vector-neuron DGCNN or classical DGCNN) or 3D images
+    # (SO(3)-steerable escnn CNN or its classical twin with plain convolutions)
+    encoder: Literal["vn_dgcnn", "dgcnn", "so3_cnn", "cnn"] = "vn_dgcnn"
+    # reconstruction loss of punctate point clouds (image models use MSE, SDF clouds L1)
+    loss: Literal["chamfer", "emd"] = "chamfer"
+    # image models: side of the cubic input volume and channels of the first layer
+    image_size: int = 32
+    image_channels: int = 8
     k: int = 20
     hidden: int = 64
     n_layers: int = 4
@@ -35,6 +42,16 @@ class ModelConfig(BaseModel):
     seed: int = 0
     chunk_points: int = 0
     checkpointing: bool = False
+
+    @property
+    def family(self) -> str:
+        """``pointcloud`` or ``image``: what the model takes as input."""
+        return "pointcloud" if self.encoder in ("vn_dgcnn", "dgcnn") else "image"
+
+    @property
+    def equivariant(self) -> bool:
+        """Whether the encoder is SO(3)-equivariant (its code rotation-invariant by construction)."""
+        return self.encoder in ("vn_dgcnn", "so3_cnn")
 
     def digest(self) -> str:
         """Short stable hash of the config, part of a model version."""

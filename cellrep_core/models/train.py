@@ -17,8 +17,9 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
 from cellrep_core.models.config import ModelConfig
-from cellrep_core.models.data import CloudDataset, CloudItem, fixed_points
+from cellrep_core.models.data import CloudItem
 from cellrep_core.models.module import PointCloudAutoencoder
+from cellrep_core.models.zoo import build_model, make_dataset, model_class, model_inputs, n_draws
 
 log = logging.getLogger(__name__)
 
@@ -101,19 +102,19 @@ def train_model(
         return TrainedModel(cfg.name, version, out, cfg, meta.get("metrics", {}), reused=True)
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    model = PointCloudAutoencoder(cfg.model_dump())
+    model = build_model(cfg)
     if parent is not None:
         model.load_state_dict(load_model(parent.path).state_dict())
     train, val = split_items(items, cfg.val_fraction, cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     train_dl = DataLoader(
-        CloudDataset(train, cfg, train=True, seed=cfg.seed),
+        make_dataset(cfg, train, train=True, seed=cfg.seed),
         batch_size=cfg.batch_size,
         shuffle=True,
         generator=gen,
         drop_last=len(train) > cfg.batch_size,
     )
-    val_dl = DataLoader(CloudDataset(val, cfg, train=False), batch_size=cfg.batch_size) if val else None
+    val_dl = DataLoader(make_dataset(cfg, val, train=False), batch_size=cfg.batch_size) if val else None
     ckpt = ModelCheckpoint(dirpath=out, filename="best", monitor="val_loss", save_top_k=1) if val else None
     callbacks = [ckpt, EarlyStopping(monitor="val_loss", patience=cfg.patience)] if val else []
     cuda = torch.cuda.is_available()
@@ -133,7 +134,7 @@ def train_model(
     trainer.fit(model, train_dl, val_dl)
     seconds = time.perf_counter() - t0
     if ckpt is not None and ckpt.best_model_path:
-        model = PointCloudAutoencoder.load_from_checkpoint(ckpt.best_model_path, map_location="cpu")
+        model = model_class(cfg).load_from_checkpoint(ckpt.best_model_path, map_location="cpu")
         Path(ckpt.best_model_path).unlink()
     model = model.cpu().eval()
     torch.save(model.state_dict(), out / "model.pt")
@@ -230,7 +231,7 @@ def load_model(path: Path) -> PointCloudAutoencoder:
     """Rebuild a model from ``config.json`` and ``model.pt`` in a version folder."""
     path = Path(path)
     cfg = ModelConfig.model_validate_json((path / "config.json").read_text())
-    model = PointCloudAutoencoder(cfg.model_dump())
+    model = build_model(cfg)
     model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
     return model.eval()
 
@@ -242,7 +243,7 @@ def read_lineage(path: Path) -> dict:
 
 @torch.no_grad()
 def embed_points(model: PointCloudAutoencoder, points: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Invariant codes ``[n, L]`` of already-drawn inputs ``[n, N, D]``."""
+    """Codes ``[n, code_dim]`` of already-drawn inputs (``[n, N, D]`` points or ``[n, C, S, S, S]`` volumes)."""
     model.eval()
     dev = next(model.parameters()).device
     out = []
@@ -259,6 +260,7 @@ def embed_items(
     if not items:
         return np.zeros((0, model.encoder.code_dim), np.float32)
     z = np.zeros((len(items), model.encoder.code_dim), np.float64)
+    draws = n_draws(model.cfg, draws)
     for d in range(draws):
-        z += embed_points(model, np.stack([fixed_points(it, model.cfg, d) for it in items]), batch_size)
+        z += embed_points(model, np.stack([model_inputs(it, model.cfg, d) for it in items]), batch_size)
     return (z / draws).astype(np.float32)
