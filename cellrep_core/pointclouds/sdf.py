@@ -10,6 +10,9 @@ Conventions
   TOMM20 meshes its distances are off by up to 7e-4 of the half box against exact closest points, and
   it is 1.5-2x slower. Inside/outside comes from the generalised winding number, which is right for
   closed meshes with several pieces, tori and cavities whatever the faces' orientation.
+* On the query grid, :func:`grid_signed_distance` uses the compiled narrow-band method of
+  ``gridsdf.py`` by default (~5 ms per 32^3 grid, max error < 0.4 % of the box on real cells);
+  ``method="exact"`` keeps the BVH + winding-number path.
 * A cell is normalised with ONE fixed scale for a whole data set: coordinates are
   ``(voxel - mask_centroid) / half_extent_vox`` so that the box ``[-1, 1]^3`` spans
   ``2 * half_extent_vox`` voxels and sizes stay comparable between cells.
@@ -27,6 +30,7 @@ from scipy.sparse.csgraph import connected_components
 from skimage.measure import marching_cubes
 
 from cellrep_core.errors import CellInputError
+from cellrep_core.pointclouds.gridsdf import grid_sdf
 
 _PAD = 2
 _STAGE = "pointcloud"
@@ -124,6 +128,33 @@ def signed_distance(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
     return np.where(_winding_inside(mesh, pts), -dist, dist).astype(np.float32)
 
 
+SDF_METHODS = ("fast", "exact")
+
+
+def grid_signed_distance(mesh: trimesh.Trimesh, grid: int = 32, method: str = "fast") -> np.ndarray:
+    """Signed distance (negative inside, float32) at the points of ``query_grid(grid)``, in that order.
+
+    ``method="exact"``: :func:`signed_distance` at every point. ``method="fast"`` (default): exact
+    distances in a band of 1.5 grid spacings around the surface, closest-point propagation beyond it and
+    the sign by ray parity along x (``gridsdf.grid_sdf``); grid lines whose parity is inconsistent (an
+    open mesh) are signed by the winding number instead.
+    """
+    if method not in SDF_METHODS:
+        raise ValueError(f"unknown SDF method {method!r}; use one of {SDF_METHODS}")
+    if method == "exact":
+        return signed_distance(mesh, query_grid(grid))
+    if len(mesh.faces) == 0:
+        raise ValueError("cannot measure distances to a mesh without faces")
+    sdf, bad = grid_sdf(mesh.vertices, mesh.faces, grid)
+    if not np.isfinite(sdf).all():  # no grid point near the mesh: nothing to propagate from
+        return signed_distance(mesh, query_grid(grid))
+    if bad.any():
+        rows = (np.flatnonzero(bad)[:, None] * grid + np.arange(grid)[None, :]).ravel()
+        inside = _winding_inside(mesh, query_grid(grid)[rows].astype(np.float64))
+        sdf[rows] = np.where(inside, -np.abs(sdf[rows]), np.abs(sdf[rows]))
+    return sdf.astype(np.float32)
+
+
 def _n_components(n_vertices: int, faces: np.ndarray) -> int:
     """Number of connected pieces of a mesh (vertices linked by face edges)."""
     if len(faces) == 0:
@@ -156,8 +187,12 @@ def sdf_pointcloud(
     half_extent_vox: float = 32.0,
     cell_id: str = "",
     path: str = "",
+    sdf_method: str = "fast",
 ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Surface samples, SDF on ``query_grid(grid)`` and mesh stats of a mask, in normalised units."""
+    """Surface samples, SDF on ``query_grid(grid)`` and mesh stats of a mask, in normalised units.
+
+    ``sdf_method``: see :func:`grid_signed_distance`.
+    """
     mask = _check_mask(mask, cell_id, path)
     mesh = mask_to_mesh(mask, cell_id=cell_id, path=path)
     centroid = np.argwhere(mask).mean(axis=0)[::-1]  # voxel centroid, x, y, z
@@ -175,7 +210,7 @@ def sdf_pointcloud(
         )
     unit = trimesh.Trimesh(vertices=rel / half_extent_vox, faces=mesh.faces, process=False)
     surface = sample_surface(unit, n_surface, rng).astype(np.float32)
-    sdf = signed_distance(unit, query_grid(grid))
+    sdf = grid_signed_distance(unit, grid, method=sdf_method)
     info = {
         "n_vertices": int(len(mesh.vertices)),
         "n_faces": int(len(mesh.faces)),
