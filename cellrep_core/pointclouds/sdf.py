@@ -11,7 +11,7 @@ Conventions
   it is 1.5-2x slower. Inside/outside comes from the generalised winding number, which is right for
   closed meshes with several pieces, tori and cavities whatever the faces' orientation.
 * On the query grid, :func:`grid_signed_distance` uses the compiled narrow-band method of
-  ``gridsdf.py`` by default (~5 ms per 32^3 grid, max error < 0.4 % of the box on real cells);
+  ``gridsdf.py`` by default (5-10 ms per 32^3 grid, max error < 0.3 % of the box, see there);
   ``method="exact"`` keeps the BVH + winding-number path.
 * A cell is normalised with ONE fixed scale for a whole data set: coordinates are
   ``(voxel - mask_centroid) / half_extent_vox`` so that the box ``[-1, 1]^3`` spans
@@ -135,7 +135,7 @@ def grid_signed_distance(mesh: trimesh.Trimesh, grid: int = 32, method: str = "f
     """Signed distance (negative inside, float32) at the points of ``query_grid(grid)``, in that order.
 
     ``method="exact"``: :func:`signed_distance` at every point. ``method="fast"`` (default): exact
-    distances in a band of 1.5 grid spacings around the surface, closest-point propagation beyond it and
+    distances in a band of 2 grid spacings around the surface, closest-point propagation beyond it and
     the sign by ray parity along x (``gridsdf.grid_sdf``); grid lines whose parity is inconsistent (an
     open mesh) are signed by the winding number instead.
     """
