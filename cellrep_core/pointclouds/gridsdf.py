@@ -119,18 +119,25 @@ def _band(verts, faces, g, lo, h, rad, d2, tri, cp):
 
 @nb.njit(cache=True)
 def _sweep(g, d2, tri, cp, rad2):
-    """Eight octant sweeps: each far point tries the closest surface points of its 7 upwind neighbours."""
+    """Eight octant sweeps: each far point tries the closest surface points of its 7 upwind neighbours.
+
+    Points without a value yet hold a closest point at 1e200, whose squared distance overflows to inf.
+    """
     n = g.shape[0]
+    off = np.empty(8, np.int64)
     for s in range(8):
         dx = 1 if s & 1 else -1
         dy = 1 if s & 2 else -1
         dz = 1 if s & 4 else -1
+        for m in range(8):
+            off[m] = -(dx * (m & 1) + dy * n * ((m >> 1) & 1) + dz * n * n * ((m >> 2) & 1))
         for kz in range(n):
             iz = kz if dz > 0 else n - 1 - kz
             pz = g[iz]
             for ky in range(n):
                 iy = ky if dy > 0 else n - 1 - ky
                 py = g[iy]
+                edge = kz == 0 or ky == 0
                 for kx in range(n):
                     ix = kx if dx > 0 else n - 1 - kx
                     idx = (iz * n + iy) * n + ix
@@ -139,19 +146,22 @@ def _sweep(g, d2, tri, cp, rad2):
                         continue
                     px = g[ix]
                     bj = -1
-                    for m in range(1, 8):
-                        jx = ix - dx * (m & 1)
-                        jy = iy - dy * ((m >> 1) & 1)
-                        jz = iz - dz * ((m >> 2) & 1)
-                        if jx < 0 or jx >= n or jy < 0 or jy >= n or jz < 0 or jz >= n:
-                            continue
-                        j = (jz * n + jy) * n + jx
-                        if tri[j] < 0:
-                            continue
-                        dd = (px - cp[j, 0]) ** 2 + (py - cp[j, 1]) ** 2 + (pz - cp[j, 2]) ** 2
-                        if dd < best:
-                            best = dd
-                            bj = j
+                    if edge or kx == 0:
+                        for m in range(1, 8):
+                            if (m & 1 and kx == 0) or (m & 2 and ky == 0) or (m & 4 and kz == 0):
+                                continue
+                            j = idx + off[m]
+                            dd = (px - cp[j, 0]) ** 2 + (py - cp[j, 1]) ** 2 + (pz - cp[j, 2]) ** 2
+                            if dd < best:
+                                best = dd
+                                bj = j
+                    else:
+                        for m in range(1, 8):
+                            j = idx + off[m]
+                            dd = (px - cp[j, 0]) ** 2 + (py - cp[j, 1]) ** 2 + (pz - cp[j, 2]) ** 2
+                            if dd < best:
+                                best = dd
+                                bj = j
                     if bj >= 0:
                         d2[idx] = best
                         tri[idx] = tri[bj]
@@ -306,7 +316,7 @@ def grid_sdf(
     n3 = grid**3
     d2 = np.full(n3, np.inf)
     tri = np.full(n3, -1, dtype=np.int64)
-    cp = np.zeros((n3, 3))
+    cp = np.full((n3, 3), 1e200)
     rad = band * h
     _band(verts, tris, g, lo, h, rad, d2, tri, cp)
     _sweep(g, d2, tri, cp, rad * rad)
