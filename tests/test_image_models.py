@@ -1,5 +1,7 @@
 """Image autoencoders: volumes, rotations, escnn equivariance against the classical twin, training."""
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -76,6 +78,13 @@ def _blob_volumes(n: int, rot: np.ndarray, size: int = 16, seed: int = 0, sigma:
         d2 = ((grid - c @ np.asarray(rot).T) ** 2).sum(-1)
         out.append((w * np.exp(-d2 / (2 * sigma**2))).sum(-1)[None])
     return np.stack(out).astype(np.float32)
+
+
+@functools.cache
+def _eval_model(name: str) -> ImageAutoencoder:
+    """A random-weight model (seed 0) in eval mode, built once per test session (escnn builds take seconds)."""
+    torch.manual_seed(0)
+    return ImageAutoencoder(get_config(name).model_dump()).eval()
 
 
 def _code_change(model, x0: np.ndarray, rotated: list[np.ndarray]) -> tuple[float, float]:
@@ -174,9 +183,8 @@ def test_nonlinearity_matches_escnn():
 
 @pytest.mark.parametrize("name", ["sdf_so3cnn_tiny", "sdf_cnn_tiny", "punctate_so3cnn_tiny"])
 def test_shapes_and_benchmark_protocol(name):
-    torch.manual_seed(0)
     cfg = get_config(name)
-    model = ImageAutoencoder(cfg.model_dump()).eval()
+    model = _eval_model(name)
     items = [_ellipsoid_item(i) for i in range(3)] if cfg.kind == "sdf" else [_punctate_item(i) for i in range(3)]
     batch = next(iter(torch.utils.data.DataLoader(make_dataset(cfg, items, train=False), batch_size=3)))
     x = batch["volume"]
@@ -201,8 +209,7 @@ def test_shapes_and_benchmark_protocol(name):
 
 def test_so3_model_exactly_invariant_to_grid_rotations():
     """escnn's steerable filters commute with the 24 rotations of the grid: z invariant, R equivariant."""
-    torch.manual_seed(0)
-    model = ImageAutoencoder(get_config("sdf_so3cnn_tiny").model_dump()).eval()
+    model = _eval_model("sdf_so3cnn_tiny")
     x = _blob_volumes(4, np.eye(3))
     with torch.no_grad():
         a = model(torch.from_numpy(x))
@@ -229,8 +236,7 @@ def test_so3_invariance_beats_classical_twin_under_random_rotations():
     rotated = [_blob_volumes(6, r) for r in rots]
     err = {}
     for name in ("sdf_so3cnn_tiny", "sdf_cnn_tiny"):
-        torch.manual_seed(0)
-        err[name] = _code_change(ImageAutoencoder(get_config(name).model_dump()).eval(), x0, rotated)
+        err[name] = _code_change(_eval_model(name), x0, rotated)
     so3, cnn = err["sdf_so3cnn_tiny"][1], err["sdf_cnn_tiny"][1]
     assert cnn > 0.5  # the classical code changes about as much as it differs between cells
     assert so3 < 0.1 and so3 < cnn / 10
