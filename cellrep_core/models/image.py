@@ -159,7 +159,11 @@ def punctate_volume(points: np.ndarray, size: int, cell_id: str = "") -> np.ndar
 
 
 def cell_volume(item: CloudItem, cfg: ModelConfig) -> np.ndarray:
-    """A cell's model input ``[C, S, S, S]`` (C = 1): its SDF image or its punctate intensity image."""
+    """A cell's model input ``[C, S, S, S]`` (C = 1): its SDF image or its punctate intensity image.
+
+    Model versions hash the stored clouds, not these images: a change to the rendering must bump
+    ``train.ARCHITECTURE_VERSION`` so that no checkpoint trained on the old images is reused.
+    """
     if cfg.kind == "sdf":
         if item.sdf is None:
             raise ValueError(f"cell {item.cell_id}: no SDF grid stored; an SDF image model needs SDF point clouds")
