@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CELLREP_HOME ?= $(CURDIR)/.cellrep
 export CELLREP_HOME
 
-.PHONY: install demo test ui lint clean bench-sdf bench-search
+.PHONY: install demo test ui lint clean bench-sdf bench-search bench-train
 
 $(STAMP): pyproject.toml
 	@command -v gfortran >/dev/null 2>&1 || { \
@@ -40,6 +40,9 @@ bench-sdf: $(STAMP)
 
 bench-search: $(STAMP)
 	$(PY) benchmarks/bench_search.py
+
+bench-train: $(STAMP)
+	$(PY) benchmarks/bench_train.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
