@@ -6,13 +6,15 @@ Edge convolutions use the linearity of a VN-linear map: ``W [f_j - f_i ; f_i] = 
 maps are applied once per point (``[B, C, 3, N]``) and only their results are gathered over the k
 neighbours. The gather, the VN-LeakyReLU and the mean over neighbours are one autograd function
 (``EdgeVNReLUMean``) that runs chunk by chunk over points and saves no edge tensor: its backward
-recomputes each chunk's ``[B, C, 3, M, k]`` edges and scatters the gradients back to the points. Chunks
-are sized to a few MB, so on a CPU the temporaries stay in cache-sized, reused allocations instead of
-GB-sized tensors that are paged in and out on every operation (``benchmarks/bench_train.py`` measures it).
+recomputes each chunk's ``[B, C, 3, M, k]`` edges and scatters the gradients back to the points, so
+memory is O(B C N) instead of O(B C N k). ``use_compiled_edges`` turns forward and backward into one fused
+``torch.compile`` kernel each (one pass over the edges instead of a dozen element-wise ones);
+``benchmarks/bench_train.py`` measures both against the published layer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -130,12 +132,12 @@ def _full(t: torch.Tensor) -> torch.Tensor:
 
 
 def _auto_chunk(nb: torch.Tensor, k: int, chunk_points: int) -> int:
-    """Points per chunk: ``chunk_points`` if set, else about 4 MB of edge features per chunk on a CPU
+    """Points per chunk: ``chunk_points`` if set, else about 64 MB of edge features per chunk on a CPU
     (256 MB on a GPU)."""
     n = nb.shape[-1]
     if chunk_points > 0:
         return min(chunk_points, n)
-    target = (256 if nb.is_cuda else 4) * 2**20
+    target = (256 if nb.is_cuda else 64) * 2**20
     per_point = nb.shape[0] * nb.shape[1] * nb.shape[2] * k * nb.element_size()
     return max(1, min(n, target // max(per_point, 1)))
 
@@ -184,6 +186,17 @@ _COMPILE = {"on": False}
 def use_compiled_edges(on: bool = True) -> None:
     """Run the VN edge function through fused ``torch.compile`` kernels (``True``) or eager chunks."""
     _COMPILE["on"] = bool(on)
+
+
+@contextlib.contextmanager
+def compiled_edges(on: bool = True):
+    """Use the fused edge kernels (or not) inside a ``with`` block, restoring the previous setting."""
+    before = _COMPILE["on"]
+    use_compiled_edges(on)
+    try:
+        yield
+    finally:
+        use_compiled_edges(before)
 
 
 def _kernel(name: str):
