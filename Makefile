@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CELLREP_HOME ?= $(CURDIR)/.cellrep
 export CELLREP_HOME
 
-.PHONY: install demo test ui lint clean bench-sdf bench-search bench-image
+.PHONY: install demo test ui lint clean bench-sdf bench-search bench-image bench-train
 
 $(STAMP): pyproject.toml
 	@command -v gfortran >/dev/null 2>&1 || { \
@@ -43,6 +43,9 @@ bench-search: $(STAMP)
 
 bench-image: $(STAMP)
 	$(PY) benchmarks/bench_image_models.py
+
+bench-train: $(STAMP)
+	$(PY) benchmarks/bench_train.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

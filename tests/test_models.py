@@ -132,3 +132,65 @@ def test_trained_sdf_model_separates_sizes_and_stays_invariant(tmp_path):
     c_small, c_big = z[~big].mean(0), z[big].mean(0)
     closer_big = np.linalg.norm(z - c_big, axis=1) < np.linalg.norm(z - c_small, axis=1)
     assert (closer_big == big).all()
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_edge_function_matches_plain_autograd(cross):
+    """The chunked, recomputing edge function gives the values and gradients of the plain autograd layer
+    (``reference=True``), including with chunks that do not divide the point count."""
+    from torch.autograd import gradcheck
+
+    from cellrep_core.models.vn import EdgeVNReLUMean, VNEdgeConv
+
+    torch.manual_seed(0)
+    conv = VNEdgeConv(1 if cross else 3, 4, cross=cross, chunk_points=7).double()
+    xyz = torch.from_numpy(_cloud(30, 3, 5)).double()[None].repeat(2, 1, 1)
+    x = xyz.transpose(1, 2).unsqueeze(1)
+    f = x if cross else torch.randn(2, 3, 3, 30, dtype=torch.float64)
+    f.requires_grad_(True)
+    idx = knn(xyz, 6)
+    out = conv(f, idx, xyz=x)
+    g_f, *g_w = torch.autograd.grad(out.square().sum(), [f, *conv.parameters()])
+    conv.reference = True
+    ref = conv(f, idx, xyz=x)
+    r_f, *r_w = torch.autograd.grad(ref.square().sum(), [f, *conv.parameters()])
+    assert torch.allclose(out, ref, atol=1e-12)
+    assert torch.allclose(g_f, r_f, atol=1e-10)
+    for a, b in zip(g_w, r_w, strict=True):
+        assert torch.allclose(a, b, atol=1e-10)
+    # and against finite differences
+    nb, centre = conv.nb(f).detach(), conv.centre(f).detach()
+    cr = None
+    if cross:
+        xj = torch.gather(x.reshape(2, 3, 30), 2, idx.reshape(2, 1, -1).expand(2, 3, -1)).view(2, 1, 3, 30, 6)
+        cr = torch.cross(xj, x.unsqueeze(-1).expand_as(xj), dim=2)
+    w = conv.cross.detach().clone().requires_grad_(True) if cross else None
+    if cr is not None:
+        cr.requires_grad_(True)
+    assert gradcheck(
+        lambda a, b, c, ww: EdgeVNReLUMean.apply(a, b, idx, c, ww, 0.2, 7),
+        (nb.requires_grad_(True), centre.requires_grad_(True), cr, w),
+    )
+
+
+def test_compiled_edge_kernels_match_eager():
+    """The fused torch.compile kernels (``use_compiled_edges``) give the eager chunked values and gradients
+    (float64, so that float32 summation order does not hide a real difference)."""
+    from cellrep_core.models.vn import use_compiled_edges
+
+    torch.manual_seed(0)
+    model = PointCloudAutoencoder(get_config("punctate_tiny").model_dump()).double()
+    x = torch.from_numpy(np.stack([_cloud(128, 4, s) for s in range(2)])).double()
+    res = []
+    for on in (False, True):
+        use_compiled_edges(on)
+        try:
+            model.zero_grad()
+            loss = model.per_item_loss({"points": x}).mean()
+            loss.backward()
+        finally:
+            use_compiled_edges(False)
+        res.append((loss.item(), [p.grad.clone() for p in model.parameters()]))
+    assert abs(res[0][0] - res[1][0]) < 1e-12 * abs(res[0][0])
+    for a, b in zip(res[0][1], res[1][1], strict=True):
+        assert (a - b).abs().max() <= 1e-10 * a.abs().max()

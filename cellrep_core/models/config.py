@@ -79,6 +79,12 @@ REGISTRY: dict[str, ModelConfig] = {
     "punctate_tiny": ModelConfig(name="punctate_tiny", kind="punctate", **_TINY),
     "sdf_tiny": ModelConfig(name="sdf_tiny", kind="sdf", n_query=256, **_TINY),
 }
+# the classical DGCNN twin of every point-cloud config above (same sizes, encoder="dgcnn")
+REGISTRY.update({
+    n.replace("_", "_dgcnn_", 1): c.model_copy(update={"name": n.replace("_", "_dgcnn_", 1), "encoder": "dgcnn"})
+    for n, c in list(REGISTRY.items())
+    if c.encoder == "vn_dgcnn" and n.split("_")[0] in ("punctate", "sdf")
+})
 
 # Image autoencoders (escnn SO(3)-steerable CNN "so3_cnn" and its classical twin "cnn") on volumes: SDF
 # images of polymorphic cells, intensity images of punctate ones (models/image.py). Paper: 32^3 inputs,

@@ -89,3 +89,21 @@ class ImplicitSDFDecoder(nn.Module):
         cc = cc.unsqueeze(1).expand(-1, query.shape[1], -1)
         h = self.fc_in(torch.cat([pp, pc, cc], dim=-1))
         return self.fc_out(torch.relu(self.blocks(h))).squeeze(-1)
+
+
+class ClassicalImplicitSDFDecoder(nn.Module):
+    """Signed distance at query points from a classical code: the raw query coordinates next to the code
+    ``[B, D]`` → the same residual MLP as the invariant decoder. Not invariant to rotations (a classical
+    encoder has no equivariant vectors to pair the query point with)."""
+
+    def __init__(self, code_dim: int, hidden: int = 256, n_blocks: int = 3) -> None:
+        super().__init__()
+        self.fc_in = nn.Linear(3 + code_dim, hidden)
+        self.blocks = nn.Sequential(*[_ResBlock(hidden) for _ in range(n_blocks)])
+        self.fc_out = nn.Linear(hidden, 1)
+
+    def forward(self, query: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        """Predict ``[B, M]`` SDF values at ``[B, M, 3]`` queries from codes ``[B, D]``."""
+        cc = code.unsqueeze(1).expand(-1, query.shape[1], -1)
+        h = self.fc_in(torch.cat([query, cc], dim=-1))
+        return self.fc_out(torch.relu(self.blocks(h))).squeeze(-1)

@@ -4,17 +4,21 @@ Tensors of vector features are laid out ``[B, C, 3, N]`` (batch, channels, xyz, 
 
 Edge convolutions use the linearity of a VN-linear map: ``W [f_j - f_i ; f_i] = A f_j + B f_i``, so the
 maps are applied once per point (``[B, C, 3, N]``) and only their results are gathered over the k
-neighbours. The ``[B, C, 3, N, k]`` edge tensor then exists only for the non-linearity and the mean over
-neighbours, which run chunk by chunk over points to bound peak memory.
+neighbours. The gather, the VN-LeakyReLU and the mean over neighbours are one autograd function
+(``EdgeVNReLUMean``) that runs chunk by chunk over points and saves no edge tensor: its backward
+recomputes each chunk's ``[B, C, 3, M, k]`` edges and scatters the gradients back to the points, so
+memory is O(B C N) instead of O(B C N k). ``use_compiled_edges`` turns forward and backward into one fused
+``torch.compile`` kernel each (one pass over the edges instead of a dozen element-wise ones);
+``benchmarks/bench_train.py`` measures both against the published layer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 EPS = 1e-6
 
@@ -108,6 +112,164 @@ def _edge_block(
     return vn_leaky_relu(x, d, negative_slope).mean(-1)
 
 
+def _chunk_edges(
+    nb: torch.Tensor, centre: torch.Tensor, idx: torch.Tensor, cross: torch.Tensor | None,
+    weight: torch.Tensor | None, sl: slice,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Edge features of the points in ``sl``: ``x``, ``d`` ``[B, C, 3, M, k]`` and the chunk's indices."""
+    sub = idx[:, sl]
+    g = gather_neighbours(nb, sub)
+    g += centre[..., sl].unsqueeze(-1)
+    if cross is not None:
+        g += weight.view(1, -1, 1, 1, 1) * cross[..., sl, :]
+    c = g.shape[1] // 2
+    return g[:, :c], g[:, c:], sub
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 tensors as fp32, others unchanged."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def _auto_chunk(nb: torch.Tensor, k: int, chunk_points: int) -> int:
+    """Points per chunk: ``chunk_points`` if set, else about 64 MB of edge features per chunk on a CPU
+    (256 MB on a GPU)."""
+    n = nb.shape[-1]
+    if chunk_points > 0:
+        return min(chunk_points, n)
+    target = (256 if nb.is_cuda else 64) * 2**20
+    per_point = nb.shape[0] * nb.shape[1] * nb.shape[2] * k * nb.element_size()
+    return max(1, min(n, target // max(per_point, 1)))
+
+
+def _edges_full(nb, centre, idx, cross, weight):
+    """All edge features ``x``, ``d`` ``[B, C, 3, N, k]`` (for the fused kernels: never materialised there)."""
+    g = gather_neighbours(nb, idx) + centre.unsqueeze(-1)
+    if cross is not None:
+        g = g + weight.view(1, -1, 1, 1, 1) * cross
+    c = g.shape[1] // 2
+    return g[:, :c], g[:, c:]
+
+
+def _fused_forward(nb, centre, idx, cross, weight, a: float):
+    x, d = _edges_full(nb, centre, idx, cross, weight)
+    coef = (x * d).sum(2, keepdim=True).clamp(max=0.0) / ((d * d).sum(2, keepdim=True) + EPS)
+    return (x - a * coef * d).mean(-1)
+
+
+def _fused_backward(nb, centre, idx, cross, weight, a: float, grad_out):
+    x, d = _edges_full(nb, centre, idx, cross, weight)
+    b, c2, _, n = nb.shape
+    k = idx.shape[-1]
+    go = (grad_out / k).unsqueeze(-1)
+    dot = (x * d).sum(2, keepdim=True)
+    r = 1.0 / ((d * d).sum(2, keepdim=True) + EPS)
+    coef = dot.clamp(max=0.0) * r
+    t = a * (go * d).sum(2, keepdim=True) * r * (dot < 0)
+    g = torch.cat([go - t * d, t * (2.0 * coef * d - x) - a * coef * go], dim=1)
+    grad_centre = g.sum(-1)
+    flat = g.reshape(b, c2 * 3, n * k)
+    grad_nb = torch.zeros(b, c2 * 3, n, dtype=nb.dtype, device=nb.device).scatter_add(
+        2, idx.reshape(b, 1, n * k).expand(b, c2 * 3, n * k), flat
+    ).view_as(nb)
+    grad_w = (g * cross).sum((0, 2, 3, 4)) if cross is not None else None
+    return grad_nb, grad_centre, grad_w
+
+
+_KERNELS: dict[str, object] = {}
+# Fused (torch.compile, inductor) kernels for the edge function: one pass over the edges instead of a
+# dozen element-wise passes. Off by default (the first call compiles for tens of seconds per shape);
+# ``use_compiled_edges(True)`` turns them on, e.g. for long trainings on a CPU.
+_COMPILE = {"on": False}
+
+
+def use_compiled_edges(on: bool = True) -> None:
+    """Run the VN edge function through fused ``torch.compile`` kernels (``True``) or eager chunks."""
+    _COMPILE["on"] = bool(on)
+
+
+@contextlib.contextmanager
+def compiled_edges(on: bool = True):
+    """Use the fused edge kernels (or not) inside a ``with`` block, restoring the previous setting."""
+    before = _COMPILE["on"]
+    use_compiled_edges(on)
+    try:
+        yield
+    finally:
+        use_compiled_edges(before)
+
+
+def _kernel(name: str):
+    if name not in _KERNELS:
+        fn = {"fwd": _fused_forward, "bwd": _fused_backward}[name]
+        _KERNELS[name] = torch.compile(fn, dynamic=False)
+    return _KERNELS[name]
+
+
+class EdgeVNReLUMean(torch.autograd.Function):
+    """``mean_j VN-LeakyReLU(x_ij, d_ij)`` with ``[x_ij ; d_ij] = nb_j + centre_i (+ w * cross_ij)``.
+
+    Inputs: ``nb``, ``centre`` ``[B, 2C, 3, N]`` (feature maps first, direction maps second), ``idx``
+    ``[B, N, k]``, optionally ``cross`` ``[B, 1, 3, N, k]`` (``x_j x x_i``) with per-channel weights ``w``
+    ``[2C]``. Output ``[B, C, 3, N]``. Same values as ``_edge_block``; memory O(B C N) instead of
+    O(B C N k) because backward recomputes the edges chunk by chunk.
+    """
+
+    @staticmethod
+    def forward(ctx, nb, centre, idx, cross, weight, negative_slope, chunk):  # noqa: D102
+        b, c2, _, n = nb.shape
+        a = 1.0 - negative_slope
+        ctx.save_for_backward(nb, centre, idx, cross, weight)
+        ctx.negative_slope, ctx.chunk = negative_slope, chunk
+        if _COMPILE["on"]:
+            return _kernel("fwd")(nb, centre, idx, cross, weight, a)
+        out = nb.new_empty(b, c2 // 2, 3, n)
+        for s in range(0, n, chunk):
+            sl = slice(s, min(n, s + chunk))
+            x, d, _ = _chunk_edges(nb, centre, idx, cross, weight, sl)
+            dot = (x * d).sum(2, keepdim=True)
+            dsq = (d * d).sum(2, keepdim=True)
+            coef = dot.clamp_(max=0.0).div_(dsq.add_(EPS)).mul_(a)
+            out[..., sl] = x.mean(-1) - (coef * d).mean(-1)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: D102
+        nb, centre, idx, cross, weight = ctx.saved_tensors
+        a = 1.0 - ctx.negative_slope
+        b, c2, _, n = nb.shape
+        k = idx.shape[-1]
+        if _COMPILE["on"] and not ctx.needs_input_grad[3]:
+            grad_nb, grad_centre, grad_w = _kernel("bwd")(nb, centre, idx, cross, weight, a, grad_out)
+            return grad_nb, grad_centre, None, None, grad_w, None, None
+        grad_nb = torch.zeros_like(nb)
+        grad_centre = torch.empty_like(centre)
+        grad_w = torch.zeros_like(weight) if weight is not None else None
+        grad_cross = torch.empty_like(cross) if cross is not None and ctx.needs_input_grad[3] else None
+        flat_grad_nb = grad_nb.view(b, c2 * 3, n)
+        for s in range(0, n, ctx.chunk):
+            sl = slice(s, min(n, s + ctx.chunk))
+            x, d, sub = _chunk_edges(nb, centre, idx, cross, weight, sl)
+            go = (grad_out[..., sl] / k).unsqueeze(-1)  # [B, C, 3, M, 1]
+            dot = (x * d).sum(2, keepdim=True)
+            r = (d * d).sum(2, keepdim=True).add_(EPS).reciprocal_()
+            coef = dot.clamp(max=0.0).mul_(r)  # <x,d>/|d|^2 where negative, else 0
+            # t = a <g, d> / |d|^2 on the edges where <x, d> < 0
+            t = (go * d).sum(2, keepdim=True).mul_(r).mul_(dot < 0).mul_(a)
+            gx = go - t * d
+            gd = (2.0 * coef) * d
+            gd.sub_(x).mul_(t).sub_((a * coef) * go)
+            g = torch.cat([gx, gd], dim=1)  # [B, 2C, 3, M, k]
+            grad_centre[..., sl] = g.sum(-1)
+            m = g.shape[3]
+            flat_grad_nb.scatter_add_(2, sub.reshape(b, 1, m * k).expand(b, c2 * 3, m * k), g.reshape(b, c2 * 3, m * k))
+            if grad_w is not None:
+                grad_w += (g * cross[..., sl, :]).sum((0, 2, 3, 4))
+            if grad_cross is not None:
+                grad_cross[..., sl, :] = (g * weight.view(1, -1, 1, 1, 1)).sum(1, keepdim=True)
+        return grad_nb, grad_centre, None, grad_cross, grad_w, None, None
+
+
 class VNEdgeConv(nn.Module):
     """Equivariant EdgeConv on a fixed graph: edge features ``(f_j - f_i, f_i)`` (first layer: plus
     ``x_j x x_i``), VN-LeakyReLU, mean over the k neighbours."""
@@ -129,30 +291,29 @@ class VNEdgeConv(nn.Module):
         self.c_out = c_out
         self.negative_slope = negative_slope
         self.chunk_points = chunk_points
+        # the edge function never saves edge tensors, so checkpointing is no longer needed (kept for configs)
         self.checkpointing = checkpointing
+        # True: the plain autograd version (``_edge_block``), for tests and comparisons
+        self.reference = False
 
     def forward(self, f: torch.Tensor, idx: torch.Tensor, xyz: torch.Tensor | None = None) -> torch.Tensor:
         """Map ``[B, C_in, 3, N]`` features on graph ``idx`` to ``[B, C_out, 3, N]``."""
         nb = self.nb(f)
         centre = self.centre(f)
-        n = f.shape[-1]
-        chunk = self.chunk_points if self.chunk_points > 0 else n
-        outs = []
-        for start in range(0, n, chunk):
-            sl = slice(start, min(n, start + chunk))
-            sub_idx = idx[:, sl]
-            extra = None
-            if self.cross is not None:
-                # x_j x x_i for the 1-channel coordinates: [B, 1, 3, M, k]
-                xj = gather_neighbours(xyz, sub_idx)
-                xi = xyz[..., sl].unsqueeze(-1).expand_as(xj)
-                extra = self.cross.view(1, -1, 1, 1, 1) * torch.cross(xj, xi, dim=2)
-            args = (nb, centre[..., sl], sub_idx, extra, self.negative_slope)
-            if self.checkpointing and torch.is_grad_enabled():
-                outs.append(checkpoint(_edge_block, *args, use_reentrant=False))
-            else:
-                outs.append(_edge_block(*args))
-        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+        cross = None
+        if self.cross is not None:
+            # x_j x x_i for the 1-channel coordinates: [B, 1, 3, N, k]
+            xj = gather_neighbours(xyz, idx)
+            cross = torch.cross(xj, xyz.unsqueeze(-1).expand_as(xj), dim=2)
+        if self.reference:
+            extra = None if cross is None else self.cross.view(1, -1, 1, 1, 1) * cross
+            return _edge_block(nb, centre, idx, extra, self.negative_slope)
+        chunk = _auto_chunk(nb, idx.shape[-1], self.chunk_points)
+        with torch.autocast(nb.device.type, enabled=False):  # half-precision inputs (mixed precision) run in fp32
+            return EdgeVNReLUMean.apply(
+                _full(nb), _full(centre), idx, None if cross is None else _full(cross),
+                self.cross if cross is not None else None, self.negative_slope, chunk,
+            )
 
 
 def rotation_from_vectors(v: torch.Tensor) -> torch.Tensor:
