@@ -286,8 +286,8 @@ def benchmark_dataset(
     wh: Warehouse, dataset: str, partition: str, model_names: list[str] | None = None, max_epochs: int = 0,
     emissions: bool = True,
 ) -> dict:
-    """Train (or reuse) every benchmark model of a data set, compute all metrics for each and write the
-    summary plots; returns the trained versions, the configs not registered yet, the table and the plots."""
+    """Train (or reuse by version) every benchmark model of a data set, compute all metrics for each and write
+    the summary plots; returns the versions, the configs not in the registry yet, the table and the plots."""
     from cellrep_core.metrics.plots import write_reports
     from cellrep_core.models.config import REGISTRY
 
@@ -298,7 +298,11 @@ def benchmark_dataset(
         if name in missing:
             continue
         cfg = get_config(name, **({"max_epochs": max_epochs} if max_epochs else {}))
-        tm = train(wh, dataset, partition, cfg)
+        # trained (or reused) like pipeline.train but not registered in ``models``: latest_model() there picks
+        # the data set's base model for embeddings, plates and search, and a benchmark-only model must not
+        # become it; the version folder keeps config and lineage
+        tm = train_model(cfg, read_pointclouds(paths.pointcloud_path(dataset, partition)), paths.models_dir(),
+                         lineage={"dataset": dataset, "partition": partition, "plate_id": "", "role": "benchmark"})
         versions[name] = tm.version
         tables.append(benchmark(wh, tm, dataset, partition, emissions=emissions))
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
