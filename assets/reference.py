@@ -1,5 +1,7 @@
 """Reference data sets: cells → point clouds → base model → embeddings → benchmark metrics."""
 
+import base64
+from pathlib import Path
 
 import dagster as dg
 
@@ -24,6 +26,37 @@ class TrainConfig(dg.Config):
     model: str = ""
     max_epochs: int = 0
     force: bool = False
+
+
+class BenchmarkConfig(dg.Config):
+    """Model configs to benchmark (empty: pipeline.BENCHMARK_MODELS), optional epoch override, emissions."""
+
+    models: list[str] = []
+    max_epochs: int = 0
+    emissions: bool = True
+
+
+def _png_md(path: Path, alt: str) -> str:
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(Path(path).read_bytes()).decode()})"
+
+
+def benchmark_metadata(res: dict) -> dict:
+    """Asset metadata of a data set's benchmark: versions, missing configs, tables and the plots."""
+    rep = res["reports"]
+    md = {
+        "models": dg.MetadataValue.json(res["versions"]),
+        "missing_models": dg.MetadataValue.json(res["missing"]),
+        "n_rows": len(res["table"]),
+        "n_null": int(res["table"]["value"].isna().sum()) if len(res["table"]) else 0,
+    }
+    if rep:
+        md["metrics"] = dg.MetadataValue.md(rep["table_md"])
+        md["z_scores"] = dg.MetadataValue.md(rep["scores_md"])
+        for key in ("radar", "bars"):
+            if key in rep:
+                md[f"{key}_png"] = dg.MetadataValue.path(str(rep[key]))
+                md[f"{key}_plot"] = dg.MetadataValue.md(_png_md(rep[key], key))
+    return md
 
 
 def _md(d: dict) -> dict:
@@ -72,14 +105,16 @@ def reference_assets(spec: ReferenceSpec) -> list[dg.AssetsDefinition]:
         res = pipeline.embed(wh, feature_store.get(), tm, ds, "reference")
         return dg.MaterializeResult(metadata=_md(res))
 
-    @dg.asset(name=f"{ds}_benchmark", group_name="reference", deps=[model], kinds={"duckdb"},
-              description=f"Benchmark metrics of the {ds} model (rotation invariance on held-out cells, ...).")
-    def bench(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
-        wh = warehouse.get()
-        tm = pipeline.latest_model(wh, ds)
-        df = pipeline.benchmark(wh, tm, ds, "reference")
-        return dg.MaterializeResult(metadata={r.metric: float(r.value) for r in df.itertuples() if r.value is not None}
-                                    | {"table": dg.MetadataValue.md(df.to_markdown(index=False))})
+    @dg.asset(name=f"{ds}_benchmark", group_name="reference", deps=[model], pool="gpu", kinds={"pytorch", "duckdb"},
+              description=f"Every benchmark model of {ds} (pipeline.BENCHMARK_MODELS) trained or reused, all "
+                          f"benchmark metrics in benchmark_metrics, z-scored polar and bar plots.")
+    def bench(context: dg.AssetExecutionContext, config: BenchmarkConfig,
+              warehouse: WarehouseResource) -> dg.MaterializeResult:
+        res = pipeline.benchmark_dataset(warehouse.get(), ds, "reference", config.models or None,
+                                         max_epochs=config.max_epochs, emissions=config.emissions)
+        if res["missing"]:
+            context.log.warning(f"{ds} benchmark: model configs not registered: {', '.join(res['missing'])}")
+        return dg.MaterializeResult(metadata=benchmark_metadata(res))
 
     return [cells, clouds, model, embeddings, bench]
 

@@ -41,3 +41,8 @@ def models_dir() -> Path:
 def landing_plates_dir() -> Path:
     """Return the landing folder where users drop new plates."""
     return cellrep_home() / "landing" / "plates"
+
+
+def reports_dir(dataset: str) -> Path:
+    """Return the folder holding a data set's benchmark plots."""
+    return cellrep_home() / "reports" / dataset

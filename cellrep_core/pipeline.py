@@ -10,24 +10,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from cellrep_core import paths
 from cellrep_core.data import synthetic
 from cellrep_core.ingest import ingest_manifest
-from cellrep_core.metrics.rotation import random_rotations, rotation_invariance_error, z90_rotations
+from cellrep_core.metrics.benchmark import benchmark_model
 from cellrep_core.models.config import ModelConfig, get_config
 from cellrep_core.models.train import (
     TrainedModel,
-    device_accelerator,
     embed_items,
     load_model,
     load_whitening,
     read_lineage,
     train_model,
 )
-from cellrep_core.models.zoo import model_inputs
 from cellrep_core.pointclouds.build import SamplingConfig, build_pointclouds, read_pointclouds
 from cellrep_core.profiling.features import HANDCRAFTED_FEATURES
 from cellrep_core.profiling.mapping import drug_map_qvalues
@@ -253,52 +250,64 @@ def embed(
     }
 
 
+# The model configs benchmarked on each reference data set (every family the paper compares). A name not in
+# the registry yet is reported as missing by the benchmark, not an error.
+BENCHMARK_MODELS: dict[str, list[str]] = {
+    "synthetic_punctate": ["punctate_demo", "punctate_dgcnn_demo", "punctate_so3cnn_demo", "punctate_cnn_demo"],
+    "synthetic_polymorphic": ["sdf_demo", "sdf_dgcnn_demo", "sdf_so3cnn_demo", "sdf_cnn_demo"],
+}
+
+
 def benchmark(
-    wh: Warehouse, tm: TrainedModel, dataset: str, partition: str, n_rotations: int = 8, seed: int = 0
+    wh: Warehouse, tm: TrainedModel, dataset: str, partition: str, n_rotations: int = 8, seed: int = 0,
+    emissions: bool = True,
 ) -> pd.DataFrame:
-    """Rotation invariance (random SO(3) and 90° z), held-out reconstruction, size and speed of a model."""
+    """Every benchmark metric of one model version on a data set (``cellrep_core.metrics.benchmark``),
+    written to ``benchmark_metrics`` (replacing that model version's rows for the data set)."""
     lin = read_lineage(tm.path)
-    held_out = lin.get("val_cells") or []
-    items = read_pointclouds(paths.pointcloud_path(dataset, partition), cell_ids=held_out or None)
+    items = read_pointclouds(paths.pointcloud_path(dataset, partition))
     model = load_model(tm.path)
-    pts = np.stack([model_inputs(it, model.cfg) for it in items])
-    so3 = rotation_invariance_error(model, pts, random_rotations(n_rotations, seed))
-    z90 = rotation_invariance_error(model, pts, z90_rotations())
-    t0 = time.perf_counter()
-    embed_items(model, items, draws=1)  # one forward pass per cell
-    per_cell = (time.perf_counter() - t0) / max(len(items), 1)
-    rows = [
-        (
-            "rotation_invariance_error",
-            so3["mean"],
-            so3["std"],
-            so3["n"],
-            f"random SO(3), max {so3['max']:.2e}",
-        ),
-        (
-            "rotation_invariance_error_z90",
-            z90["mean"],
-            z90["std"],
-            z90["n"],
-            f"90° about z, max {z90['max']:.2e}",
-        ),
-        ("n_parameters", float(sum(p.numel() for p in model.parameters())), None, 1, ""),
-        ("inference_seconds_per_cell", per_cell, None, len(items), device_accelerator()),
-        (
-            "best_val_loss",
-            lin["metrics"].get("best_val_loss"),
-            None,
-            len(held_out),
-            "Chamfer" if model.cfg.kind == "punctate" else f"L1 of SDF clipped at {model.cfg.sdf_clip}",
-        ),
-        ("train_seconds", lin["metrics"].get("train_seconds"), None, lin["metrics"].get("n_train"), ""),
-    ]
-    df = pd.DataFrame(rows, columns=["metric", "value", "std", "n", "note"]).assign(
-        model=tm.name, model_version=tm.version, dataset=dataset
-    )
+    features = wh.query("SELECT * FROM handcrafted_features WHERE dataset = ?", [dataset])
+    df = benchmark_model(
+        model, items, lin.get("val_cells") or [], cells_of_dataset(wh, dataset), features,
+        lin.get("metrics", {}), n_rotations=n_rotations, seed=seed, emissions=emissions,
+    ).assign(model=tm.name, model_version=tm.version, dataset=dataset)
     df = df[["model", "model_version", "dataset", "metric", "value", "std", "n", "note"]]
     wh.replace("benchmark_metrics", df, {"model_version": tm.version, "dataset": dataset})
     return df
+
+
+def cells_of_dataset(wh: Warehouse, dataset: str) -> pd.DataFrame:
+    """Every ingested cell of a data set (all plates), ordered by cell_id."""
+    return wh.query("SELECT * FROM cells WHERE dataset = ? ORDER BY cell_id", [dataset])
+
+
+def benchmark_dataset(
+    wh: Warehouse, dataset: str, partition: str, model_names: list[str] | None = None, max_epochs: int = 0,
+    emissions: bool = True,
+) -> dict:
+    """Train (or reuse by version) every benchmark model of a data set, compute all metrics for each and write
+    the summary plots; returns the versions, the configs not in the registry yet, the table and the plots."""
+    from cellrep_core.metrics.plots import write_reports
+    from cellrep_core.models.config import REGISTRY
+
+    names = list(model_names or BENCHMARK_MODELS.get(dataset) or [REFERENCE[dataset].model])
+    missing = [n for n in names if n not in REGISTRY]
+    versions, tables = {}, []
+    for name in names:
+        if name in missing:
+            continue
+        cfg = get_config(name, **({"max_epochs": max_epochs} if max_epochs else {}))
+        # trained (or reused) like pipeline.train but not registered in ``models``: latest_model() there picks
+        # the data set's base model for embeddings, plates and search, and a benchmark-only model must not
+        # become it; the version folder keeps config and lineage
+        tm = train_model(cfg, read_pointclouds(paths.pointcloud_path(dataset, partition)), paths.models_dir(),
+                         lineage={"dataset": dataset, "partition": partition, "plate_id": "", "role": "benchmark"})
+        versions[name] = tm.version
+        tables.append(benchmark(wh, tm, dataset, partition, emissions=emissions))
+    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    reports = write_reports(table, paths.reports_dir(dataset), dataset) if len(table) else {}
+    return {"versions": versions, "missing": missing, "table": table, "reports": reports}
 
 
 def write_truth(wh: Warehouse, plate_dir: Path, plate_id: str) -> int:

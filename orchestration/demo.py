@@ -85,6 +85,9 @@ def run_demo(plates: dict[str, int] | None = None, null_size: int = 10000, quick
             "synthetic_polymorphic_cells": {"config": {"size": 24}},
             "synthetic_punctate_model": {"config": {"model": "punctate_tiny"}},
             "synthetic_polymorphic_model": {"config": {"model": "sdf_tiny"}},
+            **{f"synthetic_{kind}_benchmark": {"config": {"models": [
+                f"{prefix}_{family}tiny" for family in ("", "dgcnn_", "so3cnn_", "cnn_")]}}
+               for kind, prefix in (("punctate", "punctate"), ("polymorphic", "sdf"))},
         }}
     print("  materializing reference assets (data, point clouds, base models, embeddings, benchmark) ...")
     _materialize(inst, dg.AssetSelection.groups("reference"), run_config=run_config)

@@ -61,8 +61,37 @@ def test_bad_cells_quarantined_rest_processed(demo_home):
 
 
 def test_rotation_invariance_stored_for_so3_models(demo_home):
-    m = Warehouse().query("select model, value from benchmark_metrics where metric = 'rotation_invariance_error'")
+    m = Warehouse().query("select model, value from benchmark_metrics where metric = 'rotation_invariance_error' "
+                          "and model in ('punctate_tiny', 'sdf_tiny')")
     assert len(m) == 2 and (m.value < 1e-3).all()
+
+
+def test_benchmark_every_metric_for_every_model_nulls_with_reasons(demo_home):
+    home, _, _ = demo_home
+    from cellrep_core.metrics.benchmark import higher_is_better
+
+    wh = Warehouse()
+    b = wh.query("select * from benchmark_metrics")
+    per_model = b.groupby(["dataset", "model"]).metric.apply(set)
+    assert {"punctate_tiny", "sdf_tiny"} <= set(b.model)
+    assert len({frozenset(s) for s in per_model}) <= 2  # same metric set for every model of a data set
+    assert all(len(s) == 20 for s in per_model)
+    for m in b.metric.unique():
+        higher_is_better(m)  # every stored metric has a direction for the plots
+    nulls = b[b.value.isna()]
+    assert (nulls.note.str.len() > 10).all()
+    def v(ds, metric):
+        return b[(b.dataset == ds) & (b.metric == metric)].value
+
+    assert v("synthetic_polymorphic", "regression_r2_volume").notna().all()
+    assert v("synthetic_punctate", "regression_r2_volume").isna().all()
+    assert v("synthetic_punctate", "classification_top1_rule").between(0, 1).all()
+    # benchmark-only models are not registered: the base models stay the latest of their data sets
+    assert set(wh.query("select model_name from models").model_name) == {"punctate_tiny", "sdf_tiny"}
+    lb = wh.query("select * from model_leaderboard")
+    assert len(lb) == len(per_model) and lb["rank"].min() == 1
+    for ds in ("synthetic_punctate", "synthetic_polymorphic"):
+        assert (home / "reports" / ds / "bars.png").stat().st_size > 1000
 
 
 def test_sql_is_read_only_and_sees_embeddings(demo_home):

@@ -6,6 +6,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from cellrep_core.models.train import embed_points
+from cellrep_core.models.zoo import rotate_inputs
 
 
 def rotate_points(points: np.ndarray, rot: np.ndarray) -> np.ndarray:
@@ -33,10 +34,11 @@ def relative_error(z0: np.ndarray, zr: np.ndarray) -> np.ndarray:
 
 
 def rotation_invariance_error(model, points: np.ndarray, rotations: np.ndarray) -> dict[str, float]:
-    """Mean/std/max relative code change of ``[n, N, D]`` inputs under each rotation."""
+    """Mean/std/max relative code change of a batch of model inputs (``[n, N, D]`` points or ``[n, C, S, S, S]``
+    volumes) under each rotation, rotated the family's way (``zoo.rotate_inputs``)."""
     z0 = embed_points(model, points)
     errs = np.concatenate(
-        [relative_error(z0, embed_points(model, rotate_points(points, r))) for r in rotations]
+        [relative_error(z0, embed_points(model, rotate_inputs(model.cfg, points, r))) for r in rotations]
     )
     return {
         "mean": float(errs.mean()),

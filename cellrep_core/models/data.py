@@ -78,4 +78,6 @@ class CloudDataset(Dataset):
             q = self._query_indices(i, rng)
             out["query"] = torch.from_numpy(self.grid[q])
             out["sdf"] = torch.from_numpy(item.sdf[q].astype(np.float32))
+            if not self.train:  # the whole grid, for the benchmark's canonical-frame targets
+                out["sdf_grid"] = torch.from_numpy(item.sdf.astype(np.float32))
         return out

@@ -89,3 +89,73 @@ class PointCloudAutoencoder(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.cfg.lr)
+
+    # ---- benchmark protocol (see cellrep_core/models/zoo.py): latent, decode_latent, target, error ----
+    #
+    # The canonical frame is the model's own: for the SO(3) encoder the input seen through the inverse of
+    # its learned rotation R (punctate: points x -> Rᵀx; SDF: latent vectors c -> Rᵀc, and the signed
+    # distance of canonical query q is the input's signed distance at Rq, read from the stored 32³ grid by
+    # trilinear interpolation); for a classical encoder R is the identity and the frame is the input's.
+    # SDFs are compared on the same fixed canonical query grid for every cell (every second grid point per
+    # axis), so two cells' reconstructions and targets line up point by point.
+
+    EVAL_GRID_STRIDE = 2
+
+    def _eval_query(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        side = round(batch["sdf_grid"].shape[1] ** (1 / 3))
+        g = torch.linspace(-1.0, 1.0, side, device=batch["points"].device)[:: self.EVAL_GRID_STRIDE]
+        zz, yy, xx = torch.meshgrid(g, g, g, indexing="ij")
+        q = torch.stack([xx.reshape(-1), yy.reshape(-1), zz.reshape(-1)], dim=-1)
+        return q.unsqueeze(0).expand(batch["points"].shape[0], -1, -1)
+
+    def _rotation(self, enc: dict[str, torch.Tensor]) -> torch.Tensor:
+        return enc["rotation"] if self.cfg.equivariant else torch.eye(3, device=enc["z"].device).expand(
+            enc["z"].shape[0], 3, 3)
+
+    @torch.no_grad()
+    def latent(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Decoder input ``[B, D]`` in the canonical frame: the invariant code (FoldingNet, classical SDF
+        decoder), or the latent vectors rotated by Rᵀ next to the code (SO(3) SDF decoder)."""
+        enc = self.encoder(batch["points"])
+        if self.cfg.kind == "punctate" or not self.cfg.equivariant:
+            return enc["z"]
+        vectors = enc["vectors"] @ enc["rotation"]  # rows c_iᵀ R = (Rᵀ c_i)ᵀ
+        return torch.cat([vectors.flatten(1), enc["z"]], dim=1)
+
+    @torch.no_grad()
+    def decode_latent(self, lat: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Canonical-frame reconstruction: ``[B, M, 4]`` points, or ``[B, M]`` SDF values on the
+        evaluation grid."""
+        if self.cfg.kind == "punctate":
+            return self.decoder(lat)
+        query = self._eval_query(batch)
+        if not self.cfg.equivariant:
+            return self.decoder(query, lat)
+        n_vec = 3 * self.cfg.latent_dim
+        vectors = lat[:, :n_vec].reshape(lat.shape[0], self.cfg.latent_dim, 3)
+        return self.decoder(vectors, query, lat[:, n_vec:])
+
+    @torch.no_grad()
+    def target(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The input in the canonical frame: points rotated by Rᵀ, or signed distances at R·q for the
+        evaluation grid q (trilinear on the stored grid, border values outside the box), clipped."""
+        enc = self.encoder(batch["points"])
+        rot = self._rotation(enc)
+        if self.cfg.kind == "punctate":
+            pts = batch["points"]
+            return torch.cat([pts[..., :3] @ rot, pts[..., 3:]], dim=-1)
+        query = self._eval_query(batch) @ rot.transpose(1, 2)  # rows (R q)ᵀ
+        b, side = query.shape[0], round(batch["sdf_grid"].shape[1] ** (1 / 3))
+        vol = batch["sdf_grid"].reshape(b, 1, side, side, side)  # ZYX; grid_sample wants (x, y, z)
+        out = torch.nn.functional.grid_sample(
+            vol, query.reshape(b, 1, 1, -1, 3), mode="bilinear", padding_mode="border", align_corners=True
+        )
+        return out.reshape(b, -1).clamp(-self.cfg.sdf_clip, self.cfg.sdf_clip)
+
+    @torch.no_grad()
+    def reconstruction_error(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Per-item Chamfer distance (punctate) or L1 of SDF values clipped to ``±sdf_clip``."""
+        if self.cfg.kind == "punctate":
+            return chamfer_distance(a, b)
+        c = self.cfg.sdf_clip
+        return (a.clamp(-c, c) - b.clamp(-c, c)).abs().mean(dim=1)

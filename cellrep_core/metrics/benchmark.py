@@ -1,0 +1,474 @@
+"""The multi-metric benchmark of one trained model on one data set (definitions in REFERENCE.md).
+
+Every metric becomes one row ``(metric, value, std, n, note)``; a metric that cannot apply to a model or a
+data set is a row with ``value`` NULL and the reason in ``note``, never a missing row. The functions here
+work for every model family through the protocol of ``cellrep_core/models/zoo.py``.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.linear_model import LogisticRegression, RidgeCV
+from sklearn.model_selection import RepeatedKFold, StratifiedKFold, cross_val_score
+from sklearn.neighbors import NearestNeighbors
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from torch.utils.data import default_collate
+
+from cellrep_core.metrics.rotation import random_rotations, rotation_invariance_error, z90_rotations
+from cellrep_core.models.data import CloudItem
+from cellrep_core.models.train import EMBED_DRAWS, device_accelerator, embed_items
+from cellrep_core.models.zoo import make_dataset, model_inputs
+
+COLUMNS = ["metric", "value", "std", "n", "note"]
+INTERPOLATION_STEPS = tuple(np.round(np.arange(0.1, 1.0, 0.1), 1))
+# (labels in the cells table's ``label`` column by shape type, as the synthetic generators write them)
+LABEL_OF_SHAPE = {"punctate": "rule", "polymorphic": "piece_count"}
+REGRESSION_FEATURES = ("volume", "surface_area", "mean_piece_distance")
+# Whether a larger value is better, per metric (prefix match for the label- and feature-specific ones).
+HIGHER_IS_BETTER = {
+    "n_parameters": False,
+    "inference_seconds_per_cell": False,
+    "emissions_g_co2eq_per_cell": False,
+    "reconstruction_error": False,
+    "reconstruction_1_minus_iou": False,
+    "evolution_energy": False,
+    "interpolation_distance": False,
+    "rotation_invariance_error": False,
+    "rotation_invariance_error_z90": False,
+    "intrinsic_dimension": False,
+    "classification_top1_": True,
+    "classification_top2_": True,
+    "regression_r2_": True,
+    "train_seconds": False,
+}
+# Grid carbon intensity and power used when codecarbon cannot run (declared, not measured).
+DECLARED_CPU_WATTS = 65.0
+DECLARED_KG_CO2_PER_KWH = 0.4
+CO2_COUNTRY = "USA"
+
+
+def higher_is_better(metric: str) -> bool:
+    """Direction of a metric (``KeyError`` for an unknown one)."""
+    if metric in HIGHER_IS_BETTER:
+        return HIGHER_IS_BETTER[metric]
+    for k, v in HIGHER_IS_BETTER.items():
+        if k.endswith("_") and metric.startswith(k):
+            return v
+    raise KeyError(f"unknown benchmark metric {metric!r}")
+
+
+def row(metric: str, value: float | None, std: float | None = None, n: int | None = None, note: str = "") -> dict:
+    """One metric row; a ``None``/NaN value needs a note saying why."""
+    if value is None or not np.isfinite(value):
+        if not note:
+            raise ValueError(f"metric {metric}: a NULL value needs a reason in the note")
+        value = None
+    return {"metric": metric, "value": None if value is None else float(value),
+            "std": None if std is None or not np.isfinite(std) else float(std), "n": n, "note": note}
+
+
+# ------------------------------------------------------------------------------------- compactness
+
+
+def levina_bickel(x: np.ndarray, k1: int, k2: int) -> tuple[float, float]:
+    """Levina–Bickel maximum-likelihood intrinsic dimension of the rows of ``x``, averaged over k1..k2.
+
+    For each point and each k: ``m_k(x) = [1/(k-1) Σ_{j<k} log(T_k/T_j)]⁻¹`` with ``T_j`` the distance to the
+    j-th neighbour; per k the estimate is the mean over points (Levina & Bickel 2004); returns the mean and
+    std over k. Duplicate points (zero distances) are dropped first.
+    """
+    x = np.unique(np.asarray(x, dtype=np.float64), axis=0)
+    if k1 < 2 or k2 < k1:
+        raise ValueError(f"need 2 <= k1 <= k2, got k1={k1}, k2={k2}")
+    if len(x) <= k2:
+        raise ValueError(f"need more than k2={k2} distinct points, got {len(x)}")
+    dist, _ = NearestNeighbors(n_neighbors=k2 + 1).fit(x).kneighbors(x)
+    logd = np.log(np.maximum(dist[:, 1:], 1e-300))  # [n, k2]: log T_1 .. log T_k2
+    est = []
+    for k in range(k1, k2 + 1):
+        s = (logd[:, k - 1 : k] - logd[:, : k - 1]).sum(1) / (k - 1)
+        est.append(np.mean(1.0 / np.maximum(s, 1e-12)))
+    return float(np.mean(est)), float(np.std(est))
+
+
+def compactness_k(n: int, lo: float = 0.008, hi: float = 0.016, min_k: int = 5) -> tuple[int, int]:
+    """Neighbour range k at 0.8–1.6 % of N, raised to at least ``min_k``..``2·min_k`` for small sets."""
+    k1 = max(min_k, int(round(lo * n)))
+    return k1, max(2 * min_k, int(round(hi * n)), k1)
+
+
+# ---------------------------------------------------------------------- classification, regression
+
+
+def classification_accuracy(x: np.ndarray, y: Sequence, n_splits: int = 5, seed: int = 0) -> dict:
+    """Top-1 and top-2 accuracy of a multinomial logistic regression on standardised ``x``, stratified k-fold.
+
+    Classes with fewer than two cells are left out; the number of folds drops to the smallest class size
+    when that is below ``n_splits``. Raises ``ValueError`` (with the reason) when fewer than two classes
+    remain."""
+    y = np.asarray([str(v) for v in y])
+    classes, counts = np.unique(y, return_counts=True)
+    keep_cls = classes[counts >= 2]
+    mask = np.isin(y, keep_cls)
+    if len(keep_cls) < 2:
+        sizes = {str(c): int(n) for c, n in zip(classes, counts, strict=True)}
+        raise ValueError(f"fewer than two classes with at least two cells (cells per class: {sizes})")
+    x, y = np.asarray(x, dtype=np.float64)[mask], y[mask]
+    folds = int(min(n_splits, counts[counts >= 2].min()))
+    skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    top1, top2 = [], []
+    for tr, te in skf.split(x, y):
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            clf.fit(x[tr], y[tr])
+        proba = clf.predict_proba(x[te])
+        order = np.argsort(-proba, axis=1)
+        cls = clf.classes_
+        top1.append(np.mean(cls[order[:, 0]] == y[te]))
+        k = min(2, len(cls))
+        top2.append(np.mean([y[te][i] in cls[order[i, :k]] for i in range(len(te))]))
+    return {"top1": float(np.mean(top1)), "top1_std": float(np.std(top1)), "top2": float(np.mean(top2)),
+            "top2_std": float(np.std(top2)), "n": int(len(y)), "folds": folds, "n_classes": len(keep_cls),
+            "dropped_classes": [str(c) for c in classes[counts < 2]]}
+
+
+def regression_r2(x: np.ndarray, y: np.ndarray, n_splits: int = 5, n_repeats: int = 20, seed: int = 0) -> dict:
+    """R² of a linear (ridge, penalty chosen by internal CV) regression on standardised ``x``, repeated k-fold."""
+    y = np.asarray(y, dtype=np.float64)
+    if len(y) < 2 * n_splits:
+        raise ValueError(f"need at least {2 * n_splits} cells for {n_splits}-fold CV, got {len(y)}")
+    if np.std(y) == 0:
+        raise ValueError("the feature is constant over the cells")
+    model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 4, 15)))
+    cv = RepeatedKFold(n_splits=n_splits, n_repeats=n_repeats, random_state=seed)
+    scores = cross_val_score(model, np.asarray(x, dtype=np.float64), y, cv=cv, scoring="r2")
+    return {"mean": float(scores.mean()), "std": float(scores.std()), "n": int(len(y)), "folds": len(scores)}
+
+
+# ------------------------------------------------------------------- reconstruction, interpolation
+
+
+@dataclass
+class EvalBatch:
+    """Held-out cells as one collated batch of the model's evaluation data set."""
+
+    batch: dict[str, torch.Tensor]
+
+    def __len__(self) -> int:
+        return len(next(iter(self.batch.values())))
+
+    def take(self, idx: Sequence[int] | np.ndarray | slice) -> dict[str, torch.Tensor]:
+        return {k: v[idx] for k, v in self.batch.items()}
+
+
+def eval_batch(cfg, items: list[CloudItem]) -> EvalBatch:
+    """Collate the evaluation (fixed-draw) data set of ``items`` for ``cfg``'s family."""
+    ds = make_dataset(cfg, items, train=False)
+    return EvalBatch(default_collate([ds[i] for i in range(len(ds))]))
+
+
+def _chunked(fn: Callable[[np.ndarray], torch.Tensor], n: int, chunk: int) -> torch.Tensor:
+    return torch.cat([fn(np.arange(s, min(n, s + chunk))) for s in range(0, n, chunk)])
+
+
+@torch.no_grad()
+def latents_and_targets(model, eb: EvalBatch, chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Canonical-frame latents and targets of every cell of ``eb``."""
+    model.eval()
+    lat = _chunked(lambda i: model.latent(eb.take(i)), len(eb), chunk)
+    tgt = _chunked(lambda i: model.target(eb.take(i)), len(eb), chunk)
+    return lat, tgt
+
+
+@torch.no_grad()
+def reconstruction(model, eb: EvalBatch, lat: torch.Tensor, tgt: torch.Tensor, chunk: int = 16) -> dict:
+    """Per-cell reconstruction error and, for signed-distance outputs, 1 − IoU of the inside (value < 0)."""
+    rec = _chunked(lambda i: model.decode_latent(lat[i], eb.take(i)), len(eb), chunk)
+    err = model.reconstruction_error(rec, tgt).double().numpy()
+    out = {"error": err}
+    if model.cfg.kind == "sdf":
+        a, b = rec.flatten(1) < 0, tgt.flatten(1) < 0
+        union = (a | b).sum(1)
+        ok = union > 0
+        out["one_minus_iou"] = (1.0 - (a & b).sum(1)[ok].double() / union[ok].double()).numpy()
+    return out
+
+
+def random_pairs(n: int, n_pairs: int, seed: int) -> np.ndarray:
+    """``[m, 2]`` distinct index pairs (i ≠ j), at most ``n_pairs``, deterministic by seed."""
+    if n < 2:
+        return np.zeros((0, 2), np.int64)
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, n, size=4 * n_pairs)
+    b = rng.integers(0, n, size=4 * n_pairs)
+    keep = a != b
+    return np.stack([a[keep], b[keep]], 1)[:n_pairs]
+
+
+@torch.no_grad()
+def evolution_energy(
+    decode: Callable[[torch.Tensor, np.ndarray], torch.Tensor],
+    error: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    lat: torch.Tensor,
+    tgt: torch.Tensor,
+    pairs: np.ndarray,
+    steps: Sequence[float] = INTERPOLATION_STEPS,
+) -> tuple[float, float, int]:
+    """Mean over pairs (a, b) and steps t of ``[L(x̂_t, x_a) + L(x̂_t, x_b)] / L(x_a, x_b)``, where ``x̂_t``
+    decodes ``(1 − t) lat_a + t lat_b``. ``decode(lat, idx_a)`` gets the indices of ``a`` (query points).
+    Pairs whose targets coincide (``L(x_a, x_b) = 0``) are left out. Returns mean, std over pairs, pairs."""
+    ia, ib = pairs[:, 0], pairs[:, 1]
+    base = error(tgt[ia], tgt[ib]).double()
+    ok = (base > 0).numpy()
+    ia, ib, base = ia[ok], ib[ok], base[ok]
+    if len(ia) == 0:
+        return float("nan"), float("nan"), 0
+    per_pair = torch.zeros(len(ia), dtype=torch.float64)
+    for t in steps:
+        xt = decode((1 - t) * lat[ia] + t * lat[ib], ia)
+        per_pair += (error(xt, tgt[ia]).double() + error(xt, tgt[ib]).double()) / base
+    per_pair /= len(steps)
+    return float(per_pair.mean()), float(per_pair.std()), int(len(ia))
+
+
+def interpolation_distance(
+    z: np.ndarray, pairs: np.ndarray, steps: Sequence[float] = INTERPOLATION_STEPS
+) -> tuple[float, float, int]:
+    """Distance from interpolated codes to the nearest real code other than the pair's two ends, in units of
+    the median nearest-neighbour distance between real codes (1 ≈ as close as real cells are to each other).
+    Returns mean, std over pairs, pairs."""
+    z = np.asarray(z, dtype=np.float64)
+    if len(z) < 4 or len(pairs) == 0:
+        return float("nan"), float("nan"), 0
+    nn = NearestNeighbors(n_neighbors=3).fit(z)
+    d_real, _ = nn.kneighbors(z, n_neighbors=2)
+    scale = np.median(d_real[:, 1])
+    if scale <= 0:
+        return float("nan"), float("nan"), 0
+    per_pair = np.zeros(len(pairs))
+    for t in steps:
+        zt = (1 - t) * z[pairs[:, 0]] + t * z[pairs[:, 1]]
+        d, idx = nn.kneighbors(zt, n_neighbors=3)
+        own = (idx == pairs[:, :1]) | (idx == pairs[:, 1:2])
+        d = np.where(own, np.inf, d).min(1)
+        per_pair += d / scale
+    per_pair /= len(steps)
+    return float(per_pair.mean()), float(per_pair.std()), int(len(pairs))
+
+
+# ------------------------------------------------------------------------------------ efficiency
+
+
+def measure_emissions(fn: Callable[[], int], min_seconds: float = 2.0) -> tuple[float | None, str]:
+    """Grams CO2-eq per cell of ``fn`` (which processes and returns a number of cells), repeated for at
+    least ``min_seconds``: codecarbon's offline tracker, or time × declared power when it cannot run."""
+    def work() -> tuple[int, float]:
+        t0, cells = time.perf_counter(), 0
+        while True:
+            cells += fn()
+            if time.perf_counter() - t0 >= min_seconds:
+                return cells, time.perf_counter() - t0
+
+    try:
+        import logging
+
+        from codecarbon import OfflineEmissionsTracker
+        from codecarbon import __version__ as cc_version
+
+        logging.getLogger("codecarbon").setLevel(logging.ERROR)
+        tracker = OfflineEmissionsTracker(
+            country_iso_code=CO2_COUNTRY, save_to_file=False, log_level="error", measure_power_secs=1,
+            tracking_mode="process",
+        )
+        tracker.start()
+        try:
+            cells, seconds = work()
+        finally:
+            kg = tracker.stop()
+        d = tracker.final_emissions_data
+        note = (f"codecarbon {cc_version} offline ({CO2_COUNTRY} grid), {d.energy_consumed / cells:.3g} kWh/cell "
+                f"(CPU {d.cpu_power:.1f} W, RAM {d.ram_power:.1f} W, GPU {d.gpu_power:.1f} W), "
+                f"{cells} cells in {seconds:.1f} s")
+        return float(kg) * 1000.0 / max(cells, 1), note
+    except ImportError as err:
+        cells, seconds = work()
+        kwh = seconds * DECLARED_CPU_WATTS / 3.6e6
+        note = (f"codecarbon unavailable ({err}); energy = inference time × declared {DECLARED_CPU_WATTS:.0f} W, "
+                f"× {DECLARED_KG_CO2_PER_KWH} kg CO2/kWh; {kwh / cells:.3g} kWh/cell")
+        return kwh * DECLARED_KG_CO2_PER_KWH * 1000.0 / max(cells, 1), note
+
+
+def n_parameters(model) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+# ------------------------------------------------------------------------------------- the table
+
+
+def benchmark_model(
+    model,
+    items: list[CloudItem],
+    held_out: list[str],
+    cells: pd.DataFrame,
+    features: pd.DataFrame | None = None,
+    train_metrics: dict | None = None,
+    n_rotations: int = 8,
+    n_pairs: int = 32,
+    seed: int = 0,
+    draws: int = EMBED_DRAWS,
+    emissions: bool = True,
+) -> pd.DataFrame:
+    """Every benchmark metric of ``model`` on a data set: ``items`` all cells, ``held_out`` the cell ids the
+    model did not train on (reconstruction, interpolation, rotation invariance), ``cells`` the data set's
+    rows of the ``cells`` table (labels), ``features`` its hand-crafted features (regression targets)."""
+    cfg = model.cfg
+    model.eval()
+    rows: list[dict] = []
+    held = set(held_out)
+    test = [it for it in items if it.cell_id in held]
+    test_note = "held-out cells"
+    if len(test) < 2:
+        test, test_note = items, "no held-out cells recorded: all cells"
+    test_note += f" (n={len(test)})"
+
+    # efficiency
+    rows.append(row("n_parameters", n_parameters(model), n=1, note="trainable and frozen parameters"))
+    embed_items(model, test[:2], draws=1)  # warm-up (first-call allocations)
+    t0 = time.perf_counter()
+    embed_items(model, test, draws=1)  # one forward pass per cell
+    per_cell = (time.perf_counter() - t0) / max(len(test), 1)
+    rows.append(row("inference_seconds_per_cell", per_cell, n=len(test),
+                    note=f"one forward pass, {device_accelerator()}, batch 32"))
+    if emissions:
+        g, note = measure_emissions(lambda: (embed_items(model, test, draws=1), len(test))[1])
+        rows.append(row("emissions_g_co2eq_per_cell", g, n=len(test), note=note))
+    else:
+        rows.append(row("emissions_g_co2eq_per_cell", None, note="emissions measurement switched off"))
+    tm = train_metrics or {}
+    rows.append(row("train_seconds", tm.get("train_seconds"), n=tm.get("n_train"),
+                    note=f"{tm.get('epochs')} epochs on {tm.get('device')}" if tm else "no training record"))
+
+    # reconstruction and interpolation on held-out cells, in the model's canonical frame
+    eb = eval_batch(cfg, test)
+    lat, tgt = latents_and_targets(model, eb)
+    rec = reconstruction(model, eb, lat, tgt)
+    what = {"punctate": "Chamfer distance of point clouds", "sdf": f"L1 of SDF clipped at ±{cfg.sdf_clip}"}
+    what = what[cfg.kind] if cfg.family == "pointcloud" else "MSE of volumes"
+    rows.append(row("reconstruction_error", rec["error"].mean(), rec["error"].std(), len(rec["error"]),
+                    f"{what}, {test_note}"))
+    if "one_minus_iou" in rec and len(rec["one_minus_iou"]):
+        r = rec["one_minus_iou"]
+        rows.append(row("reconstruction_1_minus_iou", r.mean(), r.std(), len(r),
+                        f"inside = SDF < 0, canonical evaluation grid, {test_note}"))
+    else:
+        rows.append(row("reconstruction_1_minus_iou", None,
+                        note="not a signed-distance model" if cfg.kind != "sdf" else "no inside voxels"))
+    pairs = random_pairs(len(test), n_pairs, seed)
+    ee = evolution_energy(lambda lt, ia: model.decode_latent(lt, eb.take(ia)), model.reconstruction_error,
+                          lat, tgt, pairs)
+    rows.append(row("evolution_energy", ee[0], ee[1], ee[2],
+                    f"t = 0.1..0.9 between random pairs of {test_note}; loss: {what}"
+                    if ee[2] else "fewer than two distinct held-out cells"))
+
+    # codes of every cell (the stored embedding: mean over input draws)
+    z = embed_items(model, items, draws=draws)
+    ids = [it.cell_id for it in items]
+    pos = {c: i for i, c in enumerate(ids)}
+    zt = z[[pos[it.cell_id] for it in test]]
+    idist = interpolation_distance(zt, pairs)
+    rows.append(row("interpolation_distance", idist[0], idist[1], idist[2],
+                    "nearest real code (pair ends excluded) / median real nearest-neighbour distance, "
+                    f"codes of {test_note}" if idist[2] else "fewer than four held-out cells"))
+
+    # rotation invariance on held-out inputs
+    inputs = np.stack([model_inputs(it, cfg) for it in test])
+    for name, rots, what_rot in (("rotation_invariance_error", random_rotations(n_rotations, seed),
+                                  f"{n_rotations} random SO(3) rotations"),
+                                 ("rotation_invariance_error_z90", z90_rotations(), "90°, 180°, 270° about z")):
+        r = rotation_invariance_error(model, inputs, rots)
+        rows.append(row(name, r["mean"], r["std"], r["n"], f"{what_rot}, max {r['max']:.2e}, {test_note}"))
+
+    # compactness
+    k1, k2 = compactness_k(len(z))
+    try:
+        idim, idim_sd = levina_bickel(z, k1, k2)
+        rows.append(row("intrinsic_dimension", idim, idim_sd, len(z),
+                        f"Levina–Bickel MLE, k = {k1}..{k2} (0.8–1.6 % of N, at least 5..10), all cells"))
+    except ValueError as err:
+        rows.append(row("intrinsic_dimension", None, note=f"Levina–Bickel: {err}"))
+
+    rows += label_rows(z, ids, cells, seed)
+    rows += regression_rows(z, ids, features, cells, seed)
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def label_rows(z: np.ndarray, ids: list[str], cells: pd.DataFrame, seed: int = 0) -> list[dict]:
+    """Classification rows for each label kind: the data set's label (rule / piece count), structure and
+    cell-cycle stage; NULL with the reason where the data set does not have the label."""
+    meta = cells.set_index("cell_id").reindex(ids)
+    shape = meta["shape_type"].dropna().unique()
+    label_name = LABEL_OF_SHAPE.get(shape[0], "label") if len(shape) == 1 else "label"
+    targets = {label_name: meta["label"], "structure": meta["structure_name"]}
+    targets["cell_cycle_stage"] = meta["cell_cycle_stage"] if "cell_cycle_stage" in meta else None
+    out = []
+    for name, y in targets.items():
+        reason = None
+        if y is None:
+            reason = f"the cells table has no {name} column"
+        else:
+            y = y.astype("string").fillna("").str.strip()
+            have = (y != "").to_numpy()
+            values = sorted(set(y[have]))
+            if len(values) < 2:
+                reason = f"one {name} value in the data set ({', '.join(values) or 'none'})"
+        if reason is None:
+            try:
+                res = classification_accuracy(z[have], y[have].to_numpy(), seed=seed)
+            except ValueError as err:
+                reason = str(err)
+        if reason is not None:
+            out += [row(f"classification_top{k}_{name}", None, note=reason) for k in (1, 2)]
+            continue
+        note = (f"{res['n_classes']} classes, standardised codes, multinomial logistic regression, stratified "
+                f"{res['folds']}-fold CV")
+        if res["dropped_classes"]:
+            note += f"; classes with one cell left out: {', '.join(res['dropped_classes'])}"
+        out.append(row(f"classification_top1_{name}", res["top1"], res["top1_std"], res["n"], note))
+        out.append(row(f"classification_top2_{name}", res["top2"], res["top2_std"], res["n"],
+                       note + ("; two classes: top-2 is trivially 1" if res["n_classes"] == 2 else "")))
+    return out
+
+
+def regression_rows(
+    z: np.ndarray, ids: list[str], features: pd.DataFrame | None, cells: pd.DataFrame, seed: int = 0
+) -> list[dict]:
+    """Feature-regression R² rows (volume, surface area, mean piece distance), NULL where the data set has
+    no hand-crafted features."""
+    have = features is not None and len(features) and features["cell_id"].isin(ids).any()
+    out = []
+    for feat in REGRESSION_FEATURES:
+        if not have:
+            shape = ", ".join(sorted(cells["shape_type"].dropna().unique())) or "these"
+            out.append(row(f"regression_r2_{feat}", None,
+                           note=f"no hand-crafted features for {shape} cells (computed for polymorphic ones)"))
+            continue
+        f = features.set_index("cell_id")[feat].reindex(ids)
+        ok = f.notna().to_numpy()
+        try:
+            res = regression_r2(z[ok], f.to_numpy()[ok], seed=seed)
+        except ValueError as err:
+            out.append(row(f"regression_r2_{feat}", None, note=f"{feat}: {err}"))
+            continue
+        out.append(row(f"regression_r2_{feat}", res["mean"], res["std"], res["n"],
+                       f"ridge on standardised codes (penalty by inner CV), 5-fold CV repeated 20×, "
+                       f"mean over {res['folds']} folds"))
+    return out
