@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CELLREP_HOME ?= $(CURDIR)/.cellrep
 export CELLREP_HOME
 
-.PHONY: install demo test ui lint clean bench-sdf bench-search
+.PHONY: install demo test ui lint clean bench-sdf bench-search bench-plates
 
 $(STAMP): pyproject.toml
 	@command -v gfortran >/dev/null 2>&1 || { \
@@ -40,6 +40,11 @@ bench-sdf: $(STAMP)
 
 bench-search: $(STAMP)
 	$(PY) benchmarks/bench_search.py
+
+# a fresh storage root of its own: builds the base model, then six plates (two of them at the same time)
+bench-plates: $(STAMP)
+	rm -rf $(CURDIR)/.cellrep-bench-plates
+	CELLREP_HOME=$(CURDIR)/.cellrep-bench-plates $(PY) benchmarks/bench_plates.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
