@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CELLREP_HOME ?= $(CURDIR)/.cellrep
 export CELLREP_HOME
 
-.PHONY: install demo test ui lint clean bench-sdf bench-search bench-image bench-train
+.PHONY: install demo test ui lint clean bench-sdf bench-search bench-image bench-train bench-plates
 
 $(STAMP): pyproject.toml
 	@command -v gfortran >/dev/null 2>&1 || { \
@@ -46,6 +46,11 @@ bench-image: $(STAMP)
 
 bench-train: $(STAMP)
 	$(PY) benchmarks/bench_train.py
+
+# a fresh storage root of its own: builds the base model, then six plates (two of them at the same time)
+bench-plates: $(STAMP)
+	rm -rf $(CURDIR)/.cellrep-bench-plates
+	CELLREP_HOME=$(CURDIR)/.cellrep-bench-plates $(PY) benchmarks/bench_plates.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,5 +1,8 @@
-"""Drug plates, one dynamic partition each: cells → point clouds → embeddings → q-values."""
+"""Drug plates, one dynamic partition each: cells → point clouds → fine-tuned model → embeddings (base and
+fine-tuned) → q-values, each asset started by declarative automation when its inputs are ready."""
 
+
+import time
 
 import dagster as dg
 import pandas as pd
@@ -11,6 +14,27 @@ from orchestration.partitions import plates_partitions
 from orchestration.resources import FeatureStoreResource, WarehouseResource
 
 BASE_DATASET = "synthetic_polymorphic"
+BASE_MODEL = dg.AssetKey(f"{BASE_DATASET}_model")
+
+
+def plate_automation() -> dg.AutomationCondition:
+    """``eager()`` for one plate partition, except that a new base model version does not re-run every
+    earlier plate (a plate keeps the base it was fine-tuned from until it is re-materialized).
+
+    A plate partition that appears (the landing sensor adds it) is missing, so its cells are requested;
+    each later asset is requested in the same tick (its parents "will be requested"), so one run takes a
+    new plate from cells to q-values. The blocking check has no condition of its own, so it rides along
+    in that run and, when it fails, the run skips training and everything after it; a failed plate is
+    not requested again until its inputs change. (``all_deps_blocking_checks_passed()`` would split the
+    chain into two runs: a check of a partitioned asset is not seen as "will be requested" in the tick.)
+    """
+    ac = dg.AutomationCondition
+    return (
+        (ac.newly_missing() | ac.any_deps_updated().ignore(dg.AssetSelection.assets(BASE_MODEL))).since_last_handled()
+        & ~ac.any_deps_missing()
+        & ~ac.any_deps_in_progress()
+        & ~ac.in_progress()
+    ).with_label("plate_eager")
 
 
 class ProfileConfig(dg.Config):
@@ -20,30 +44,44 @@ class ProfileConfig(dg.Config):
     seed: int = 0
 
 
+class FineTuneConfig(dg.Config):
+    """Epochs (bounded) and learning-rate factor of a plate's fine-tuning; force retrains an existing version."""
+
+    max_epochs: int = pipeline.FINETUNE_EPOCHS
+    lr_scale: float = pipeline.FINETUNE_LR_SCALE
+    force: bool = False
+
+
 def _md(d: dict) -> dict:
     return {k: v for k, v in d.items() if isinstance(v, int | float | str)}
 
 
 @dg.asset(partitions_def=plates_partitions, group_name="plates", kinds={"duckdb"},
+          automation_condition=plate_automation(),
           description="A plate's cells from landing/plates/<plate_id>/manifest.csv; bad cells quarantined.")
 def plate_cells(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     pid = context.partition_key
     plate_dir = paths.landing_plates_dir() / pid
     wh = warehouse.get()
+    t0 = time.perf_counter()
     counts = pipeline.ingest(plate_dir / "manifest.csv", wh, PLATES_DATASET, plate_id=pid)
     n_truth = pipeline.write_truth(wh, plate_dir, pid)
     wh.upsert("plates", pd.DataFrame([{"plate_id": pid, "source_dir": str(plate_dir), "n_cells": counts["cells"],
                                        "n_quarantined": counts["quarantined"]}]), on=["plate_id"])
     context.log.info(f"plate {pid}: {counts}")
     return dg.MaterializeResult(metadata={**_md(counts), "truth_rows": n_truth,
+                                          "stage_seconds": round(time.perf_counter() - t0, 2),
                                           "quarantine_reasons": str(counts["reasons"])})
 
 
 @dg.asset(partitions_def=plates_partitions, group_name="plates", deps=[plate_cells], kinds={"parquet"},
+          automation_condition=plate_automation(),
           description="SDF point clouds and hand-crafted features of a plate's cells.")
 def plate_pointclouds(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     pid = context.partition_key
+    t0 = time.perf_counter()
     res = pipeline.pointclouds(warehouse.get(), PLATES_DATASET, pid, plate_id=pid)
+    res["stage_seconds"] = round(time.perf_counter() - t0, 2)
     context.log.info(f"plate {pid} point clouds: {res}")
     return dg.MaterializeResult(metadata=_md(res))
 
@@ -85,34 +123,68 @@ def pointcloud_check(pid: str | None) -> dg.AssetCheckResult:
     )
 
 
-@dg.asset(partitions_def=plates_partitions, group_name="plates",
-          deps=[plate_pointclouds, dg.AssetKey(f"{BASE_DATASET}_model")], kinds={"lancedb"},
-          description="A plate's cells embedded with the base polymorphic model into the feature store.")
+@dg.asset(partitions_def=plates_partitions, group_name="plates", deps=[plate_pointclouds, BASE_MODEL],
+          pool="gpu", kinds={"pytorch"}, automation_condition=plate_automation(),
+          description=f"The base {BASE_DATASET} model fine-tuned on one plate's clouds (warm start, a bounded "
+                      "number of epochs; CUDA with mixed precision when present); lineage in the models table.")
+def plate_model(context: dg.AssetExecutionContext, config: FineTuneConfig,
+                warehouse: WarehouseResource) -> dg.MaterializeResult:
+    pid = context.partition_key
+    wh = warehouse.get()
+    check = pointcloud_check(pid)  # also when plate_pointclouds ran in another run than this one
+    if not check.passed:
+        raise dg.Failure(f"refusing to fine-tune on plate {pid}: {check.description}")
+    base = pipeline.latest_model(wh, BASE_DATASET)
+    t0 = time.perf_counter()
+    tm = pipeline.finetune_plate(wh, pid, base, max_epochs=config.max_epochs, lr_scale=config.lr_scale,
+                                 force=config.force)
+    context.log.info(f"plate {pid}: {tm.version} from base {base.version} ({'reused' if tm.reused else 'trained'})")
+    return dg.MaterializeResult(metadata={
+        "model_version": tm.version, "base_version": base.version, "path": str(tm.path), "reused": tm.reused,
+        "stage_seconds": round(time.perf_counter() - t0, 2), **_md(tm.metrics),
+    })
+
+
+@dg.asset(partitions_def=plates_partitions, group_name="plates", deps=[plate_pointclouds, plate_model],
+          kinds={"lancedb"}, automation_condition=plate_automation(),
+          description="A plate's cells embedded zero-shot with the base model and with the plate's fine-tuned "
+                      "model (rows carry model_version).")
 def plate_embeddings(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                      feature_store: FeatureStoreResource) -> dg.MaterializeResult:
     pid = context.partition_key
     wh = warehouse.get()
-    tm = pipeline.latest_model(wh, BASE_DATASET)
-    res = pipeline.embed(wh, feature_store.get(), tm, PLATES_DATASET, pid, plate_id=pid)
-    return dg.MaterializeResult(metadata=_md(res))
+    fs = feature_store.get()
+    t0 = time.perf_counter()
+    md: dict = {}
+    for role, tm in zip(("base", "finetuned"), pipeline.plate_models(wh, pid), strict=True):
+        res = pipeline.embed(wh, fs, tm, PLATES_DATASET, pid, plate_id=pid)
+        md |= {f"{role}_{k}": v for k, v in _md(res).items()}
+    return dg.MaterializeResult(metadata={**md, "stage_seconds": round(time.perf_counter() - t0, 2)})
 
 
 @dg.asset(partitions_def=plates_partitions, group_name="plates", deps=[plate_embeddings], kinds={"duckdb"},
-          description="mAP vs DMSO and BH q-values per drug, for the embeddings and the hand-crafted baseline.")
+          automation_condition=plate_automation(),
+          description="mAP vs DMSO and BH q-values per drug for the base and fine-tuned embeddings and the "
+                      "hand-crafted baseline; the plate's earlier rows are replaced in one transaction.")
 def plate_qvalues(context: dg.AssetExecutionContext, config: ProfileConfig, warehouse: WarehouseResource,
                   feature_store: FeatureStoreResource) -> dg.MaterializeResult:
     pid = context.partition_key
     wh = warehouse.get()
-    tm = pipeline.latest_model(wh, BASE_DATASET)
-    df = pipeline.profile_plate(wh, feature_store.get(), pid, tm.version, null_size=config.null_size,
-                                seed=config.seed)
+    base, ft = pipeline.plate_models(wh, pid)
+    t0 = time.perf_counter()
+    df = pipeline.profile_plate_models(wh, feature_store.get(), pid, [base.version, ft.version],
+                                       null_size=config.null_size, seed=config.seed)
     hits = df[df.is_hit]
+    emb = hits[hits.feature_set == "embedding"]
     return dg.MaterializeResult(metadata={
-        "n_drugs": int(df.drug.nunique()), "hits_embedding": int(hits[hits.feature_set == "embedding"].shape[0]),
+        "n_drugs": int(df.drug.nunique()), "base_version": base.version, "finetuned_version": ft.version,
+        "hits_base": int((emb.model_version == base.version).sum()),
+        "hits_finetuned": int((emb.model_version == ft.version).sum()),
         "hits_handcrafted": int(hits[hits.feature_set == "handcrafted"].shape[0]),
+        "stage_seconds": round(time.perf_counter() - t0, 2),
         "table": dg.MetadataValue.md(df.round(4).to_markdown(index=False)),
     })
 
 
-plate_asset_defs = [plate_cells, plate_pointclouds, plate_embeddings, plate_qvalues]
+plate_asset_defs = [plate_cells, plate_pointclouds, plate_model, plate_embeddings, plate_qvalues]
 plate_asset_checks = [plate_pointclouds_valid]

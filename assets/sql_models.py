@@ -18,7 +18,7 @@ TABLE_ASSETS: dict[str, list[str]] = {
     "drug_truth": ["plate_cells"],
     "pointcloud_index": ["plate_pointclouds", *(f"{d}_pointclouds" for d in _REF)],
     "handcrafted_features": ["plate_pointclouds", *(f"{d}_pointclouds" for d in _REF)],
-    "models": [f"{d}_model" for d in _REF],
+    "models": ["plate_model", *(f"{d}_model" for d in _REF)],
     "benchmark_metrics": [f"{d}_benchmark" for d in _REF],
     "drug_qvalues": ["plate_qvalues"],
     "cell_embeddings": ["plate_embeddings", *(f"{d}_embeddings" for d in _REF)],
@@ -40,6 +40,18 @@ def _upstream(model: sqlmodels.SqlModel, names: set[str]) -> list[dg.AssetKey]:
     return [dg.AssetKey(k) for k in dict.fromkeys(keys)]
 
 
+def sql_automation() -> dg.AutomationCondition:
+    """Re-run a SQL model once after its upstream assets updated (any partition of a plate asset) and none
+    of them is still in progress. Unlike ``eager()`` it does not wait for every upstream partition to
+    exist: one plate that failed its checks must not freeze the cross-plate tables."""
+    ac = dg.AutomationCondition
+    return (
+        ac.any_deps_match(ac.newly_updated()).since_last_handled()
+        & ~ac.any_deps_in_progress()
+        & ~ac.in_progress()
+    ).with_label("after_upstream_updates")
+
+
 def sql_model_assets(sql_dir: Path = sqlmodels.SQL_DIR) -> list[dg.AssetsDefinition]:
     """One asset per SQL file, with code_version from the file's hash."""
     models = sqlmodels.load_models(sql_dir)
@@ -49,6 +61,7 @@ def sql_model_assets(sql_dir: Path = sqlmodels.SQL_DIR) -> list[dg.AssetsDefinit
 
 def _sql_asset(m: sqlmodels.SqlModel, deps: list[dg.AssetKey]) -> dg.AssetsDefinition:
     @dg.asset(name=m.name, group_name="sql_models", deps=deps, kinds={"duckdb", "sql"}, code_version=m.code_version,
+              automation_condition=sql_automation(),
               description=f"SQL model {m.path.name}")
     def _fn(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
             feature_store: FeatureStoreResource) -> dg.MaterializeResult:

@@ -162,6 +162,38 @@ def register_model(wh: Warehouse, tm: TrainedModel, dataset: str, plate_id: str 
     wh.upsert("models", row, on=["model_version"])
 
 
+FINETUNE_EPOCHS = 3
+FINETUNE_LR_SCALE = 0.5
+
+
+def finetune_config(base: ModelConfig, max_epochs: int = FINETUNE_EPOCHS, lr_scale: float = FINETUNE_LR_SCALE,
+                    **overrides: object) -> ModelConfig:
+    """The config a plate fine-tunes with: the base model's architecture (so its weights load), named
+    ``<base>_ft``, a bounded number of epochs at a lower learning rate."""
+    if max_epochs < 1:
+        raise ValueError(f"fine-tuning needs max_epochs >= 1, got {max_epochs}")
+    return base.model_copy(update={"name": f"{base.name}_ft", "max_epochs": max_epochs,
+                                   "patience": min(base.patience, max_epochs), "lr": base.lr * lr_scale,
+                                   **overrides})
+
+
+def finetune_plate(wh: Warehouse, plate_id: str, base: TrainedModel, max_epochs: int = FINETUNE_EPOCHS,
+                   lr_scale: float = FINETUNE_LR_SCALE, force: bool = False) -> TrainedModel:
+    """Warm-start from ``base`` and train a bounded number of epochs on one plate's clouds; registered
+    with its lineage (parent = base version, plate, config, data hash). Same inputs reuse the version."""
+    cfg = finetune_config(base.config, max_epochs=max_epochs, lr_scale=lr_scale)
+    return train(wh, PLATES_DATASET, plate_id, cfg, plate_id=plate_id, parent=base, force=force)
+
+
+def plate_models(wh: Warehouse, plate_id: str) -> tuple[TrainedModel, TrainedModel]:
+    """The (base, fine-tuned) model pair of a plate: its latest fine-tuned version and that version's parent."""
+    ft = latest_model(wh, PLATES_DATASET, plate_id=plate_id)
+    parent = read_lineage(ft.path).get("parent_version")
+    if not parent:
+        raise LookupError(f"model {ft.version} of plate {plate_id} has no parent version in {ft.path}/lineage.json")
+    return model_by_version(wh, parent), ft
+
+
 def train(
     wh: Warehouse,
     dataset: str,
@@ -236,12 +268,13 @@ def embed(
             "model_version": tm.version,
         }
     )
-    # replace this partition's rows for this model version: cells dropped since the last run disappear too
-    fs.delete(
-        {"dataset": dataset, "plate_id": plate_id, "model_version": tm.version},
-        table=fs.table_for_dim(z.shape[1]),
-    )
-    fs.upsert(meta, z)
+    # replace this partition's rows for this model version in one commit: cells dropped since the last run
+    # disappear too, and a reader never sees the partition half written
+    key = {"dataset": dataset, "plate_id": plate_id, "model_version": tm.version}
+    if ids:
+        fs.replace(key, meta, z)
+    else:
+        fs.delete(key, table=fs.table_for_dim(z.shape[1]))
     return {
         "cells": len(ids),
         "dim": int(z.shape[1]),
@@ -322,56 +355,66 @@ def write_truth(wh: Warehouse, plate_dir: Path, plate_id: str) -> int:
     return wh.replace("drug_truth", df, {"plate_id": plate_id})
 
 
-def profile_plate(
-    wh: Warehouse, fs: FeatureStore, plate_id: str, model_version: str, null_size: int = 10000, seed: int = 0
-) -> pd.DataFrame:
-    """mAP and q-values of every drug vs DMSO on one plate, for the embeddings and the hand-crafted baseline."""
-    emb_meta, vecs = fs.load({"plate_id": plate_id, "model_version": model_version})
-    if emb_meta.empty:
-        raise LookupError(
-            f"no embeddings for plate {plate_id} with model {model_version}; embed the plate first"
-        )
+QVALUE_COLUMNS = ["plate_id", "drug", "model_version", "feature_set", "n_cells", "mean_average_precision",
+                  "p_value", "q_value", "is_hit"]
+
+
+def _plate_qvalues(wh: Warehouse, fs: FeatureStore, plate_id: str, model_versions: list[str], null_size: int,
+                   seed: int) -> pd.DataFrame:
+    """mAP / q-values of a plate's drugs for each model version's embeddings and the hand-crafted baseline."""
     hc = wh.query(
         "SELECT h.*, c.drug FROM handcrafted_features h JOIN cells c USING (cell_id) "
         "WHERE h.plate_id = ? ORDER BY cell_id",
         [plate_id],
     )
-    whitening = load_whitening(model_by_version(wh, model_version).path)
+    sets = []
+    for version in model_versions:
+        emb_meta, vecs = fs.load({"plate_id": plate_id, "model_version": version})
+        if emb_meta.empty:
+            raise LookupError(f"no embeddings for plate {plate_id} with model {version}; embed the plate first")
+        whitening = load_whitening(model_by_version(wh, version).path)
+        sets.append(("embedding", version, emb_meta[["cell_id", "plate_id", "drug"]], whitening.transform(vecs)))
+    hc_feats = hc[list(HANDCRAFTED_FEATURES)].to_numpy(float)
+    sets.append(("handcrafted", "", hc[["cell_id", "plate_id", "drug"]], hc_feats))
     out = []
-    for feature_set, meta, feats in (
-        ("embedding", emb_meta[["cell_id", "plate_id", "drug"]], whitening.transform(vecs)),
-        ("handcrafted", hc[["cell_id", "plate_id", "drug"]], hc[list(HANDCRAFTED_FEATURES)].to_numpy(float)),
-    ):
-        res = drug_map_qvalues(
-            meta.reset_index(drop=True), feats, control=CONTROL, null_size=null_size, seed=seed
-        )
-        out.append(
-            res.assign(
-                model_version=model_version if feature_set == "embedding" else "", feature_set=feature_set
-            )
-        )
-    df = pd.concat(out, ignore_index=True)[
-        [
-            "plate_id",
-            "drug",
-            "model_version",
-            "feature_set",
-            "n_cells",
-            "mean_average_precision",
-            "p_value",
-            "q_value",
-            "is_hit",
-        ]
-    ]
+    for feature_set, version, meta, feats in sets:
+        res = drug_map_qvalues(meta.reset_index(drop=True), feats, control=CONTROL, null_size=null_size, seed=seed)
+        out.append(res.assign(model_version=version, feature_set=feature_set))
+    return pd.concat(out, ignore_index=True)[QVALUE_COLUMNS]
+
+
+def profile_plate(
+    wh: Warehouse, fs: FeatureStore, plate_id: str, model_version: str, null_size: int = 10000, seed: int = 0
+) -> pd.DataFrame:
+    """mAP and q-values of every drug vs DMSO on one plate, for the embeddings and the hand-crafted baseline."""
+    df = _plate_qvalues(wh, fs, plate_id, [model_version], null_size, seed)
     with wh.write() as con:
         con.execute(
             "DELETE FROM drug_qvalues WHERE plate_id = ? AND (model_version = ? OR feature_set = 'handcrafted')",
             [plate_id, model_version],
         )
-        con.register("_df", df)
-        con.execute(f"INSERT INTO drug_qvalues ({', '.join(df.columns)}) SELECT * FROM _df")
-        con.unregister("_df")
+        _insert_df(con, "drug_qvalues", df)
     return df
+
+
+def profile_plate_models(
+    wh: Warehouse, fs: FeatureStore, plate_id: str, model_versions: list[str], null_size: int = 10000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """q-values of one plate for several model versions (zero-shot base and fine-tuned) and the hand-crafted
+    baseline; all of the plate's earlier ``drug_qvalues`` rows are replaced in one transaction, other
+    plates' rows are not touched."""
+    df = _plate_qvalues(wh, fs, plate_id, list(dict.fromkeys(model_versions)), null_size, seed)
+    with wh.write() as con:
+        con.execute("DELETE FROM drug_qvalues WHERE plate_id = ?", [plate_id])
+        _insert_df(con, "drug_qvalues", df)
+    return df
+
+
+def _insert_df(con, table: str, df: pd.DataFrame) -> None:
+    con.register("_df", df)
+    con.execute(f"INSERT INTO {table} ({', '.join(df.columns)}) SELECT * FROM _df")
+    con.unregister("_df")
 
 
 def default_model_config(dataset: str, **overrides: object) -> ModelConfig:

@@ -1,9 +1,14 @@
--- Drug hits across plates and feature sets, next to the planted effect (synthetic plates).
+-- Drug hits across plates, feature sets and models (base / fine-tuned), next to the planted effect (synthetic plates).
 select
     q.plate_id,
     q.drug,
     q.feature_set,
     q.model_version,
+    case
+        when q.feature_set = 'handcrafted' then 'handcrafted'
+        when m.plate_id = q.plate_id and m.parent_version is not null then 'finetuned'
+        else 'base'
+    end as model_role,
     q.n_cells,
     round(q.mean_average_precision, 4) as mean_average_precision,
     q.q_value,
@@ -12,4 +17,5 @@ select
 from drug_qvalues as q
 left join drug_truth as t
     on t.plate_id = q.plate_id and t.drug = q.drug
-order by q.plate_id, q.feature_set, q.q_value, q.drug
+left join models as m on m.model_version = q.model_version
+order by q.plate_id, q.feature_set, model_role, q.q_value, q.drug

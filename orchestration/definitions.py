@@ -9,7 +9,7 @@ from assets.plates import plate_asset_checks, plate_asset_defs
 from assets.reference import reference_asset_defs
 from assets.sql_models import sql_model_assets
 from orchestration.resources import FeatureStoreResource, WarehouseResource
-from orchestration.sensors import landing_plates_sensor
+from orchestration.sensors import landing_plates_sensor, plates_automation_sensor
 
 all_assets = [
     *reference_asset_defs,
@@ -23,4 +23,4 @@ resources = {"warehouse": WarehouseResource(), "feature_store": FeatureStoreReso
 
 defs = dg.Definitions(assets=all_assets, asset_checks=plate_asset_checks, resources=resources,
                       schedules=[feature_store_nightly],
-                      sensors=[landing_plates_sensor])
+                      sensors=[landing_plates_sensor, plates_automation_sensor])

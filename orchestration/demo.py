@@ -51,6 +51,35 @@ def _materialize(inst: dg.DagsterInstance, selection: dg.AssetSelection, partiti
     return res
 
 
+def automate(inst: dg.DagsterInstance, cursor=None, run_config: dict | None = None, max_ticks: int = 20):
+    """What the daemon does, in-process: evaluate the automation conditions, run what a tick requests (one
+    run per partition key, asset checks included), and tick again until a tick requests nothing.
+
+    Returns ``(runs, cursor)``, ``runs`` a list of ``(partition_key, [asset keys], ExecuteInProcessResult)``.
+    """
+    from orchestration.definitions import all_assets, defs, plate_asset_checks, resources
+
+    run_config = {**(run_config or {}), "loggers": {"console": {"config": {"log_level": LOG_LEVEL}}}}
+    runs = []
+    for _ in range(max_ticks):
+        tick = dg.evaluate_automation_conditions(defs=defs, instance=inst, cursor=cursor)
+        cursor = tick.cursor
+        by_partition: dict[str | None, list[dg.AssetKey]] = {}
+        for r in tick.results:
+            if isinstance(r.key, dg.AssetKey):
+                for pk in tick.get_requested_partitions(r.key):
+                    by_partition.setdefault(pk, []).append(r.key)
+        if not by_partition:
+            return runs, cursor
+        for pk, keys in sorted(by_partition.items(), key=lambda kv: (kv[0] is None, kv[0] or "")):
+            ops = {k: v for k, v in run_config.get("ops", {}).items() if dg.AssetKey(k) in keys}
+            res = dg.materialize([*all_assets, *plate_asset_checks], selection=dg.AssetSelection.assets(*keys),
+                                 instance=inst, resources=resources, partition_key=pk,
+                                 run_config={**run_config, "ops": ops}, raise_on_error=False)
+            runs.append((pk, sorted(k.to_user_string() for k in keys), res))
+    raise RuntimeError(f"automation still requesting runs after {max_ticks} ticks")
+
+
 def register_landing_plates(inst: dg.DagsterInstance) -> list[str]:
     """Add every complete plate folder in the landing area as a partition (never twice)."""
     from orchestration.partitions import plates_partitions

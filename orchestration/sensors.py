@@ -1,4 +1,5 @@
-"""The landing-folder sensor: each new, complete plate folder becomes a ``plates`` partition and a run.
+"""The landing-folder sensor adds each new, complete plate folder as a ``plates`` partition; the automation
+sensor then runs that plate's chain and the cross-plate SQL models (declarative automation).
 
 A plate folder ``$CELLREP_HOME/landing/plates/<plate_id>/`` is complete when its ``manifest.csv`` exists
 and no ``manifest.csv.tmp`` is beside it: write the images first and the manifest last, by writing
@@ -19,7 +20,7 @@ from cellrep_core.data.cells import read_manifest
 from cellrep_core.store.warehouse import Warehouse
 from orchestration.partitions import plates_partitions
 
-PLATE_ASSETS = ["plate_cells", "plate_pointclouds", "plate_embeddings", "plate_qvalues"]
+PLATE_ASSETS = ["plate_cells", "plate_pointclouds", "plate_model", "plate_embeddings", "plate_qvalues"]
 
 
 def plate_folder_complete(folder: Path) -> bool:
@@ -81,8 +82,8 @@ def scan_landing(known: set[str], rejected: dict[str, float]) -> tuple[list[str]
     name="landing_plates_sensor",
     minimum_interval_seconds=15,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    asset_selection=dg.AssetSelection.assets(*PLATE_ASSETS),
-    description="Adds each complete plate folder in the landing area as a plates partition and requests its run.",
+    description="Adds each complete plate folder in the landing area as a plates partition; the automation "
+                "sensor materializes it.",
 )
 def landing_plates_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
     cursor = json.loads(context.cursor) if context.cursor else {}
@@ -94,8 +95,21 @@ def landing_plates_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResul
     new_cursor = json.dumps({"rejected": rejected}, sort_keys=True)
     if not new and not bad:
         return dg.SkipReason(f"no new complete plate folder in {paths.landing_plates_dir()}")
+    if new:
+        context.log.info(f"new plates: {', '.join(new)}")
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(run_key=f"plate:{pid}", partition_key=pid) for pid in new],
         dynamic_partitions_requests=[plates_partitions.build_add_request(new)] if new else [],
         cursor=new_cursor,
     )
+
+
+# Declarative automation of the plate chain and the SQL models (conditions on the assets). Dagster's
+# default automation sensor starts stopped; this one runs as soon as the daemon does.
+plates_automation_sensor = dg.AutomationConditionSensorDefinition(
+    "plates_automation_sensor",
+    target=dg.AssetSelection.groups("plates", "sql_models"),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=10,
+    description="Materializes each new plate partition (cells → point clouds → fine-tuned model → embeddings "
+                "→ q-values) and then the cross-plate SQL models.",
+)

@@ -10,16 +10,28 @@ def test_asset_graph_shape():
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     for ds in ("synthetic_punctate", "synthetic_polymorphic"):
         assert {f"{ds}_{s}" for s in ("cells", "pointclouds", "model", "embeddings", "benchmark")} <= keys
-    assert {"plate_cells", "plate_pointclouds", "plate_embeddings", "plate_qvalues", "drug_hits"} <= keys
-    parents = {k.to_user_string() for k in graph.get(dg.AssetKey("plate_embeddings")).parent_keys}
+    assert {"plate_cells", "plate_pointclouds", "plate_model", "plate_embeddings", "plate_qvalues", "drug_hits",
+            "drug_hits_compare"} <= keys
+    parents = {k.to_user_string() for k in graph.get(dg.AssetKey("plate_model")).parent_keys}
     assert parents == {"plate_pointclouds", "synthetic_polymorphic_model"}
+    parents = {k.to_user_string() for k in graph.get(dg.AssetKey("plate_embeddings")).parent_keys}
+    assert parents == {"plate_pointclouds", "plate_model"}
 
 
 def test_plates_are_dynamic_partitions_and_models_use_the_gpu_pool():
     graph = defs.resolve_asset_graph()
-    for name in ("plate_cells", "plate_pointclouds", "plate_embeddings", "plate_qvalues"):
-        pdef = graph.get(dg.AssetKey(name)).partitions_def
+    for name in ("plate_cells", "plate_pointclouds", "plate_model", "plate_embeddings", "plate_qvalues"):
+        node = graph.get(dg.AssetKey(name))
+        pdef = node.partitions_def
         assert isinstance(pdef, dg.DynamicPartitionsDefinition) and pdef.name == "plates"
-    for ds in ("synthetic_punctate", "synthetic_polymorphic"):
-        node = graph.get(dg.AssetKey(f"{ds}_model"))
-        assert node.pools == {"gpu"}
+        assert node.automation_condition is not None and node.automation_condition.get_label() == "plate_eager"
+    for name in ("synthetic_punctate_model", "synthetic_polymorphic_model", "plate_model"):
+        assert graph.get(dg.AssetKey(name)).pools == {"gpu"}
+
+
+def test_sensors_run_by_default():
+    for name in ("landing_plates_sensor", "plates_automation_sensor"):
+        sensor = next(s for s in defs.sensors if s.name == name)
+        assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    auto = next(s for s in defs.sensors if s.name == "plates_automation_sensor")
+    assert isinstance(auto, dg.AutomationConditionSensorDefinition)

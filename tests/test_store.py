@@ -128,3 +128,51 @@ def test_time_travel_by_version_and_date_and_maintenance(tmp_path):
     assert len(fs.load(as_of=t_first)[0]) == 10
     fs.optimize(keep=timedelta(0))
     assert len(fs.versions()) <= 2 and len(fs.load()[0]) == 20
+
+
+def test_feature_store_replace_swaps_one_partition_in_one_commit(tmp_path):
+    fs = FeatureStore(tmp_path / "lance")
+    rng = np.random.default_rng(2)
+    other = _meta(10, plate="p2").assign(cell_id=lambda d: d.cell_id + "_b")
+    fs.upsert(other, rng.normal(size=(10, 8)))
+    fs.replace({"dataset": "d", "plate_id": "p1", "model_version": "v1"}, _meta(20), rng.normal(size=(20, 8)))
+    before = len(fs.versions())
+    new = rng.normal(size=(15, 8))
+    fs.replace({"dataset": "d", "plate_id": "p1", "model_version": "v1"}, _meta(15), new)
+    assert len(fs.versions()) == before + 1  # delete of the 5 dropped cells and update of 15: one commit
+    meta, vecs = fs.load({"plate_id": "p1"})
+    assert list(meta.cell_id) == [f"c{i:03d}" for i in range(15)] and np.allclose(vecs, new.astype(np.float32))
+    assert len(fs.load({"plate_id": "p2"})[0]) == 10  # the other plate is untouched
+    with pytest.raises(ValueError, match="no rows"):
+        fs.replace({"plate_id": "p1"}, _meta(0), np.zeros((0, 8)))
+
+
+def _hold_write(path, started, seconds):
+    wh = Warehouse(path)
+    with wh.write() as con:
+        con.execute("INSERT INTO plates (plate_id) VALUES ('p_writer')")
+        started.set()
+        import time
+
+        time.sleep(seconds)
+
+
+def test_reader_waits_for_a_writer_in_another_process(tmp_path):
+    """DuckDB refuses a read-only open while another process writes; the shared lock makes the reader wait."""
+    import multiprocessing as mp
+    import time
+
+    path = tmp_path / "w.duckdb"
+    Warehouse(path).query("SELECT 1")
+    ctx = mp.get_context("spawn")
+    started = ctx.Event()
+    proc = ctx.Process(target=_hold_write, args=(path, started, 1.5))
+    proc.start()
+    assert started.wait(60)
+    with pytest.raises(duckdb.IOException, match="lock"):  # what a reader without the lock would get
+        duckdb.connect(str(path), read_only=True)
+    t0 = time.perf_counter()
+    rows = Warehouse(path).query("SELECT plate_id FROM plates")  # waits for the commit instead of failing
+    waited = time.perf_counter() - t0
+    proc.join(30)
+    assert proc.exitcode == 0 and list(rows.plate_id) == ["p_writer"] and waited > 0.2

@@ -77,20 +77,26 @@ class FeatureStore:
             self._dims[table] = self.db.open_table(table).schema.field("vector").type.list_size
         return self._dims[table]
 
+    @staticmethod
+    def _arrow(meta: pd.DataFrame, vectors: np.ndarray) -> pa.Table:
+        if len(meta) != len(vectors):
+            raise ValueError(f"{len(meta)} metadata rows but {len(vectors)} vectors")
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if meta.duplicated(KEY).any():
+            dup = meta[meta.duplicated(KEY)].iloc[0]
+            raise ValueError(f"duplicate key in embeddings batch: {dup['cell_id']} / {dup['model_version']}")
+        cols = {c: pa.array(meta[c].astype(str).tolist(), pa.string()) for c in META_COLUMNS}
+        cols["vector"] = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
+        return pa.table(cols)
+
     def upsert(self, meta: pd.DataFrame, vectors: np.ndarray) -> int:
         """Insert or replace rows keyed by (cell_id, model_version); re-running never duplicates."""
         if len(meta) != len(vectors):
             raise ValueError(f"{len(meta)} metadata rows but {len(vectors)} vectors")
         if len(meta) == 0:
             return 0
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        dim = vectors.shape[1]
-        if meta.duplicated(KEY).any():
-            dup = meta[meta.duplicated(KEY)].iloc[0]
-            raise ValueError(f"duplicate key in embeddings batch: {dup['cell_id']} / {dup['model_version']}")
-        cols = {c: pa.array(meta[c].astype(str).tolist(), pa.string()) for c in META_COLUMNS}
-        cols["vector"] = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim)
-        data = pa.table(cols)
+        data = self._arrow(meta, vectors)
+        dim = data.schema.field("vector").type.list_size
         with self._lock:
             name = self.table_for_dim(dim)
             if name not in self.table_names():
@@ -100,6 +106,22 @@ class FeatureStore:
             else:
                 tbl = self.db.open_table(name)
                 tbl.merge_insert(KEY).when_matched_update_all().when_not_matched_insert_all().execute(data)
+        return len(meta)
+
+    def replace(self, filters: dict[str, object], meta: pd.DataFrame, vectors: np.ndarray) -> int:
+        """Replace the rows matching ``filters`` (e.g. one plate and model version) by ``meta``/``vectors``
+        in one commit: ``merge_insert`` on the key that also deletes the matching rows absent from the
+        batch, so a reader sees either the old rows or the new ones, never a half-written plate."""
+        if len(meta) == 0:
+            raise ValueError(f"no rows to replace {where_clause(filters)} with; use delete() to drop them")
+        data = self._arrow(meta, vectors)
+        with self._lock:
+            name = self.table_for_dim(data.schema.field("vector").type.list_size)
+            if name not in self.table_names():
+                self.db.create_table(name, data=data, data_storage_version=LANCE_FORMAT)
+            else:
+                (self.db.open_table(name).merge_insert(KEY).when_matched_update_all().when_not_matched_insert_all()
+                 .when_not_matched_by_source_delete(where_clause(filters)).execute(data))
         return len(meta)
 
     def delete(self, filters: dict[str, object], table: str = TABLE) -> None:

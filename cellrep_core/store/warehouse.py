@@ -1,8 +1,16 @@
-"""The DuckDB warehouse: one writer at a time (file lock), any number of read-only readers."""
+"""The DuckDB warehouse: one writer at a time, or any number of read-only readers (one file lock).
+
+DuckDB lets one process open the file read-write or several open it read-only, never both: a read-only
+open while another process writes fails with "Could not set lock on file". Writers therefore take the
+lock file exclusively and readers take it shared (``flock``), so a reader waits for a write to commit
+and a writer waits for open readers, instead of either failing.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,15 +83,16 @@ class Warehouse:
 
     @contextlib.contextmanager
     def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A read-only connection (creates the schema first if the file does not exist yet)."""
+        """A read-only connection under the shared lock (creates the schema first if the file does not exist)."""
         if not self.path.exists():
             with self.write():
                 pass
-        con = duckdb.connect(str(self.path), read_only=True)
-        try:
-            yield con
-        finally:
-            con.close()
+        with _shared_lock(str(self.path) + ".lock"):
+            con = duckdb.connect(str(self.path), read_only=True)
+            try:
+                yield con
+            finally:
+                con.close()
 
     @staticmethod
     def _ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
@@ -112,6 +121,18 @@ class Warehouse:
             _insert(con, table, "_incoming", df)
             con.unregister("_incoming")
         return len(df)
+
+
+@contextlib.contextmanager
+def _shared_lock(path: str) -> Iterator[None]:
+    """``flock(LOCK_SH)`` on the writers' lock file (``filelock`` takes ``LOCK_EX`` on the same file)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def _insert(con: duckdb.DuckDBPyConnection, table: str, view: str, df: pd.DataFrame) -> None:
