@@ -8,7 +8,7 @@ import torch
 from cellrep_core.models.config import ModelConfig
 from cellrep_core.models.decoders import ClassicalImplicitSDFDecoder, FoldingNetDecoder, ImplicitSDFDecoder
 from cellrep_core.models.dgcnn import DGCNNEncoder
-from cellrep_core.models.losses import point_loss, sdf_l1
+from cellrep_core.models.losses import chamfer_distance, point_loss, sdf_l1
 from cellrep_core.models.vn import VNDGCNNEncoder
 
 
