@@ -23,7 +23,7 @@ from cellrep_core.metrics.benchmark import (
 )
 from cellrep_core.metrics.plots import summary_scores, write_reports
 from cellrep_core.metrics.rotation import random_rotations, rotate_points
-from cellrep_core.models.config import REGISTRY, get_config
+from cellrep_core.models.config import get_config
 from cellrep_core.models.data import CloudItem
 from cellrep_core.models.zoo import build_model
 from cellrep_core.pointclouds.sdf import query_grid
@@ -276,18 +276,17 @@ def test_leaderboard_ranks_latest_versions(tmp_path):
     assert lb.loc[0, "classification_top1"] == 0.9 and np.isnan(lb.loc[0, "regression_r2_volume"])
 
 
-@pytest.mark.skipif("punctate_dgcnn_tiny" not in REGISTRY, reason="classical DGCNN config not registered")
-def test_so3_point_cloud_code_100x_more_invariant_than_classical():
-    from cellrep_core.metrics.rotation import rotation_invariance_error
-    from cellrep_core.models.zoo import model_inputs
-
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    items = [CloudItem(f"p{i}", np.c_[rng.normal(size=(500, 3)) * [3, 2, 1], rng.random(500)].astype(np.float32))
-             for i in range(6)]
-    err = {}
-    for name in ("punctate_tiny", "punctate_dgcnn_tiny"):
-        model = build_model(get_config(name)).eval()
-        pts = np.stack([model_inputs(it, model.cfg) for it in items])
-        err[name] = rotation_invariance_error(model, pts, random_rotations(4, seed=1))["mean"]
-    assert err["punctate_tiny"] * 100 < err["punctate_dgcnn_tiny"], err
+@pytest.mark.parametrize("kind", ["punctate", "sdf"])
+@pytest.mark.parametrize("size", ["tiny", "demo"])
+def test_point_cloud_models_smaller_than_image_models(kind, size):
+    """The paper's size claim at equal latent size: both point-cloud autoencoders (VN-DGCNN, DGCNN) have
+    fewer parameters than both image autoencoders (escnn SO(3), classical CNN). Inference speed is measured
+    by ``make bench-image`` instead: on a CPU the point-cloud encoders are the slower ones (see DESIGN.md).
+    The rotation-invariance claims are asserted in test_dgcnn.py and test_image_models.py."""
+    counts, latents = {}, set()
+    for family in ("", "dgcnn_", "so3cnn_", "cnn_"):
+        cfg = get_config(f"{kind}_{family}{size}")
+        latents.add(cfg.latent_dim)
+        counts[family or "vn_"] = sum(p.numel() for p in build_model(cfg).parameters())
+    assert len(latents) == 1, latents
+    assert max(counts["vn_"], counts["dgcnn_"]) < min(counts["so3cnn_"], counts["cnn_"]), counts

@@ -20,7 +20,7 @@ def test_shipped_models_parse_and_order():
     models = sqlmodels.topo_order(sqlmodels.load_models())
     names = [m.name for m in models]
     assert {"drug_hits", "plate_qc", "model_leaderboard"} <= set(names)
-    assert dict((m.name, m.deps) for m in models)["drug_hits"] == ("drug_qvalues", "drug_truth")
+    assert dict((m.name, m.deps) for m in models)["drug_hits"] == ("drug_qvalues", "drug_truth", "models")
 
 
 def test_model_chain_materializes_in_order_and_errors_name_file_and_line(tmp_path):
