@@ -255,3 +255,25 @@ def test_one_manifest_with_every_bad_input(tmp_path, home):
         3,
         9,
     ]
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.9])
+def test_truncated_tiff_is_unreadable_and_tifffile_errors_are_not_printed(tmp_path, caplog, keep):
+    """tifffile logs a broken page offset and returns fewer pages instead of raising; the reader turns that
+    into the cell's quarantine reason rather than an ERROR line on the console."""
+    import logging
+
+    from cellrep_core.data.cells import read_cell_image
+    from cellrep_core.errors import CellInputError
+
+    path = tmp_path / "cell.tiff"
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(path, rng.integers(0, 255, (2, 24, 24, 24), dtype=np.uint8), compression="zlib",
+                     metadata={"axes": "CZYX"})
+    assert read_cell_image(path, "nucleus;structure", "c1")["structure"].shape == (24, 24, 24)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    with caplog.at_level(logging.DEBUG), pytest.raises(CellInputError) as err:
+        read_cell_image(path, "nucleus;structure", "c1")
+    assert err.value.reason == "unreadable" and str(path) in str(err.value)
+    assert not [r for r in caplog.records if r.name == "tifffile"]

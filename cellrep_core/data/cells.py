@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +65,27 @@ def parse_channels(channels: list[str] | tuple[str, ...] | str) -> list[tuple[st
     return out
 
 
+@contextlib.contextmanager
+def _tifffile_errors():
+    """Collect the errors tifffile logs while reading (e.g. an invalid page offset in a truncated file)
+    instead of printing them: the cell's quarantine reason carries them."""
+    reported: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            reported.append(record.getMessage())
+
+    lg = logging.getLogger("tifffile")
+    handler, propagate = _Collect(logging.ERROR), lg.propagate
+    lg.addHandler(handler)
+    lg.propagate = False
+    try:
+        yield reported
+    finally:
+        lg.removeHandler(handler)
+        lg.propagate = propagate
+
+
 def read_cell_image(path: Path, channels: list[str] | str, cell_id: str) -> dict[str, np.ndarray]:
     """Read one cell's CZYX (or single-channel ZYX) TIFF / OME-TIFF and return channel name -> ZYX array.
 
@@ -95,8 +118,10 @@ def read_cell_image(path: Path, channels: list[str] | str, cell_id: str) -> dict
             "or to --data-root) or restore the file.",
         )
     try:
-        with tifffile.TiffFile(path) as tif:
+        with _tifffile_errors() as reported, tifffile.TiffFile(path) as tif:
             arr = tif.asarray()
+        if reported:  # tifffile logs (and skips) broken pages instead of raising: a truncated file
+            raise ValueError("; ".join(reported))
     except Exception as exc:  # any reader failure means the file cannot be used
         raise CellInputError(
             cell_id,

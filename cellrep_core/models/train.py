@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +25,23 @@ from cellrep_core.models.vn import compiled_edges
 from cellrep_core.models.zoo import build_model, make_dataset, model_class, model_inputs, n_draws
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _quiet_lightning():
+    """Lightning's start-up banner (GPU/TPU available, logger tips) and two known harmless warnings (the
+    version folder already holds the config and logs; a deprecation inside Lightning) are silenced for a fit;
+    real warnings and errors still show."""
+    lg = logging.getLogger("lightning.pytorch")
+    level = lg.level
+    lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+            yield
+    finally:
+        lg.setLevel(level)
 
 
 @dataclass
@@ -133,22 +152,24 @@ def train_model(
     ckpt = ModelCheckpoint(dirpath=out, filename="best", monitor="val_loss", save_top_k=1) if val else None
     callbacks = [ckpt, EarlyStopping(monitor="val_loss", patience=cfg.patience)] if val else []
     cuda = torch.cuda.is_available()
-    trainer = L.Trainer(
-        max_epochs=cfg.max_epochs,
-        accelerator=device_accelerator(),
-        devices=1,
-        precision="16-mixed" if cuda else "32-true",
-        callbacks=callbacks,
-        logger=CSVLogger(out, name="logs", version=""),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        log_every_n_steps=1,
-        num_sanity_val_steps=0,
-    )
-    t0 = time.perf_counter()
-    with compiled_edges(fused_edges_pay_off(cfg)):
-        trainer.fit(model, train_dl, val_dl)
+    with _quiet_lightning():
+        trainer = L.Trainer(
+            max_epochs=cfg.max_epochs,
+            accelerator=device_accelerator(),
+            devices=1,
+            precision="16-mixed" if cuda else "32-true",
+            callbacks=callbacks,
+            logger=CSVLogger(out, name="logs", version=""),
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            log_every_n_steps=1,
+            num_sanity_val_steps=0,
+        )
+        t0 = time.perf_counter()
+        with compiled_edges(fused_edges_pay_off(cfg)):
+            trainer.fit(model, train_dl, val_dl)
     seconds = time.perf_counter() - t0
+    log.info("trained %s %s in %.0f s (%d epochs)", cfg.name, version, seconds, trainer.current_epoch)
     if ckpt is not None and ckpt.best_model_path:
         model = model_class(cfg).load_from_checkpoint(ckpt.best_model_path, map_location="cpu")
         Path(ckpt.best_model_path).unlink()
