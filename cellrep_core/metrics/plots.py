@@ -47,9 +47,13 @@ def radar_plot(scores: pd.DataFrame, path: Path, title: str) -> Path:
     ax.set_xticklabels([m.replace("_", "\n", 2) for m in metrics], fontsize=7)
     ax.set_title(f"{title}\n(z-score across models, higher = better)", fontsize=10)
     ax.legend(loc="upper right", bbox_to_anchor=(1.3, 1.1), fontsize=8)
+    return _save(fig, path, dpi=110)
+
+
+def _save(fig, path: Path, dpi: int) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 
@@ -82,11 +86,7 @@ def bar_plots(table: pd.DataFrame, path: Path, title: str) -> Path:
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=100)
 
 
 def write_reports(table: pd.DataFrame, out_dir: Path, dataset: str) -> dict:
