@@ -46,8 +46,10 @@ def test_rerun_leaves_same_row_counts(demo_home):
     assert first == second
     # 24 polymorphic + 4x6 punctate reference cells, 2 plates of 8 DMSO + 6 drugs x 5 valid cells
     assert first["cells"] == 24 + 24 + 2 * (8 + 30)
-    assert first["embeddings"] == first["cells"]
-    assert first["q"] == 2 * 6 * 2  # plates x drugs x feature sets
+    # reference cells: the base model's codes; plate cells: zero-shot (base) and fine-tuned codes
+    assert first["embeddings"] == 24 + 24 + 2 * 2 * (8 + 30)
+    assert first["q"] == 2 * 6 * 3  # plates x drugs x (base, fine-tuned, hand-crafted)
+    assert first["models"] == 2 + 2  # two base models, one fine-tuned model per plate
 
 
 def test_bad_cells_quarantined_rest_processed(demo_home):
@@ -87,7 +89,8 @@ def test_benchmark_every_metric_for_every_model_nulls_with_reasons(demo_home):
     assert v("synthetic_punctate", "regression_r2_volume").isna().all()
     assert v("synthetic_punctate", "classification_top1_rule").between(0, 1).all()
     # benchmark-only models are not registered: the base models stay the latest of their data sets
-    assert set(wh.query("select model_name from models").model_name) == {"punctate_tiny", "sdf_tiny"}
+    # (plus the plates' fine-tuned versions of the polymorphic base)
+    assert set(wh.query("select model_name from models").model_name) == {"punctate_tiny", "sdf_tiny", "sdf_tiny_ft"}
     lb = wh.query("select * from model_leaderboard")
     assert len(lb) == len(per_model) and lb["rank"].min() == 1
     for ds in ("synthetic_punctate", "synthetic_polymorphic"):
@@ -119,7 +122,8 @@ def test_nearest_filters_and_paths(demo_home):
         n = con.execute("select count(*) from drug_truth").fetchone()[0]
     assert n == 12
     meta, vecs = FeatureStore().load({"plate_id": "pA"})
-    assert np.isfinite(vecs).all() and len(meta) == 38
+    assert np.isfinite(vecs).all() and len(meta) == 2 * 38  # base and fine-tuned codes
+    assert meta.groupby("model_name").cell_id.nunique().to_dict() == {"sdf_tiny": 38, "sdf_tiny_ft": 38}
 
 
 def test_nearest_of_a_rotated_copy_is_the_cell_itself(demo_home, tmp_path):
