@@ -17,13 +17,11 @@ import shutil
 import time
 
 import dagster as dg
+from bench_plates import DRUGS, duplicate_keys  # beside this file (the script's folder is on sys.path)
 
 from cellrep_core import paths
 from cellrep_core.cli import write_synthetic_plate
 from cellrep_core.store.warehouse import Warehouse
-
-DRUGS = {"cmpd_shrink": "shrink", "cmpd_fragment": "fragment", "cmpd_elongate": "elongate",
-         "cmpd_null_1": "none", "cmpd_null_2": "none", "cmpd_null_3": "none"}
 
 
 def _runs_report(inst: dg.DagsterInstance, plate: str, t_drop: float) -> list[str]:
@@ -73,8 +71,6 @@ def main() -> None:
     for pid in args.plate:
         print(f"{pid}: {done.get(pid, float('nan')):.1f} s from drop to drug_qvalues rows")
         print("\n".join(_runs_report(inst, pid, t_drop)))
-    from bench_plates import duplicate_keys  # noqa: I001 (beside this file)
-
     print(f"duplicate keys per table: {duplicate_keys()}")
     rows = wh.query("SELECT plate_id, model_version, feature_set, count(*) AS n FROM drug_qvalues GROUP BY ALL "
                     "ORDER BY ALL")

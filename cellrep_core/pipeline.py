@@ -293,12 +293,14 @@ BENCHMARK_MODELS: dict[str, list[str]] = {
 
 def benchmark(
     wh: Warehouse, tm: TrainedModel, dataset: str, partition: str, n_rotations: int = 8, seed: int = 0,
-    emissions: bool = True,
+    emissions: bool = True, items: list | None = None,
 ) -> pd.DataFrame:
     """Every benchmark metric of one model version on a data set (``cellrep_core.metrics.benchmark``),
-    written to ``benchmark_metrics`` (replacing that model version's rows for the data set)."""
+    written to ``benchmark_metrics`` (replacing that model version's rows for the data set). ``items``: the
+    partition's clouds when the caller has read them already."""
     lin = read_lineage(tm.path)
-    items = read_pointclouds(paths.pointcloud_path(dataset, partition))
+    if items is None:
+        items = read_pointclouds(paths.pointcloud_path(dataset, partition))
     model = load_model(tm.path)
     features = wh.query("SELECT * FROM handcrafted_features WHERE dataset = ?", [dataset])
     df = benchmark_model(
@@ -327,6 +329,7 @@ def benchmark_dataset(
     names = list(model_names or BENCHMARK_MODELS.get(dataset) or [REFERENCE[dataset].model])
     missing = [n for n in names if n not in REGISTRY]
     versions, tables = {}, []
+    items = read_pointclouds(paths.pointcloud_path(dataset, partition))  # once for every model
     for name in names:
         if name in missing:
             continue
@@ -334,10 +337,10 @@ def benchmark_dataset(
         # trained (or reused) like pipeline.train but not registered in ``models``: latest_model() there picks
         # the data set's base model for embeddings, plates and search, and a benchmark-only model must not
         # become it; the version folder keeps config and lineage
-        tm = train_model(cfg, read_pointclouds(paths.pointcloud_path(dataset, partition)), paths.models_dir(),
+        tm = train_model(cfg, items, paths.models_dir(),
                          lineage={"dataset": dataset, "partition": partition, "plate_id": "", "role": "benchmark"})
         versions[name] = tm.version
-        tables.append(benchmark(wh, tm, dataset, partition, emissions=emissions))
+        tables.append(benchmark(wh, tm, dataset, partition, emissions=emissions, items=items))
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     reports = write_reports(table, paths.reports_dir(dataset), dataset) if len(table) else {}
     return {"versions": versions, "missing": missing, "table": table, "reports": reports}
@@ -381,20 +384,6 @@ def _plate_qvalues(wh: Warehouse, fs: FeatureStore, plate_id: str, model_version
         res = drug_map_qvalues(meta.reset_index(drop=True), feats, control=CONTROL, null_size=null_size, seed=seed)
         out.append(res.assign(model_version=version, feature_set=feature_set))
     return pd.concat(out, ignore_index=True)[QVALUE_COLUMNS]
-
-
-def profile_plate(
-    wh: Warehouse, fs: FeatureStore, plate_id: str, model_version: str, null_size: int = 10000, seed: int = 0
-) -> pd.DataFrame:
-    """mAP and q-values of every drug vs DMSO on one plate, for the embeddings and the hand-crafted baseline."""
-    df = _plate_qvalues(wh, fs, plate_id, [model_version], null_size, seed)
-    with wh.write() as con:
-        con.execute(
-            "DELETE FROM drug_qvalues WHERE plate_id = ? AND (model_version = ? OR feature_set = 'handcrafted')",
-            [plate_id, model_version],
-        )
-        _insert_df(con, "drug_qvalues", df)
-    return df
 
 
 def profile_plate_models(
