@@ -1,10 +1,12 @@
-"""Model size and inference time per cell: image autoencoders against the point-cloud VN-DGCNN.
+"""Model size and inference time per cell: the image autoencoders against the point-cloud ones.
 
-For each pair of configs of the same data kind and latent size (demo: latent 64; ``--paper``: the
-published 256 / 512), builds the models with random weights and times the encoder on a batch of inputs
-shaped as in training (point clouds: ``n_points`` points; images: ``image_size``³ volumes), in eval
-mode, on one CPU thread (``--threads``), after one warm-up pass (escnn expands its filters once in
-eval mode). Prints parameter counts (whole autoencoder and encoder) and seconds per cell.
+For each data kind, the four families at the same latent size (demo: latent 64, 512 points, 16³ images;
+``--paper``: the published sizes, latent 256 / 512, 2,048 / 8,192 points, 96³ punctate images (the
+paper's 118³, rounded down to what five stride-2 layers divide) and 32³ SDF images), built with random
+weights; times the encoder on a batch of inputs shaped as in training, in eval mode, on one CPU thread
+(``--threads``), after one warm-up pass (escnn expands its filters once in eval mode). Prints parameter
+counts (whole autoencoder and encoder), seconds per cell and, per kind, the ratios image / point cloud
+(> 1: the point-cloud model is the smaller or faster one).
 
 Run: ``python benchmarks/bench_image_models.py [--paper] [--batch 16] [--repeats 3]``.
 """
@@ -20,14 +22,9 @@ import torch
 from cellrep_core.models.config import get_config
 from cellrep_core.models.zoo import build_model
 
-DEMO = {
-    "punctate": ["punctate_demo", "punctate_so3cnn_demo", "punctate_cnn_demo"],
-    "sdf": ["sdf_demo", "sdf_so3cnn_demo", "sdf_cnn_demo"],
-}
-PAPER = {
-    "punctate": ["punctate_paper", "punctate_so3cnn_paper", "punctate_cnn_paper"],
-    "sdf": ["sdf_paper", "sdf_so3cnn_paper", "sdf_cnn_paper"],
-}
+FAMILIES = ("", "dgcnn_", "so3cnn_", "cnn_")  # VN-DGCNN, DGCNN, SO(3) CNN, CNN
+DEMO = {kind: [f"{kind}_{f}demo" for f in FAMILIES] for kind in ("punctate", "sdf")}
+PAPER = {kind: [f"{kind}_{f}paper" for f in FAMILIES] for kind in ("punctate", "sdf")}
 
 
 def _inputs(cfg, batch: int, rng: np.random.Generator) -> torch.Tensor:
@@ -78,12 +75,13 @@ def main() -> None:
         for r in rows:
             print(f"{r['config']:26s} {r['family']:9s} {r['latent_dim']:6d} {r['code_dim']:5d} {r['params']:11,d} "
                   f"{r['encoder_params']:11,d} {1e3 * r['s_per_cell']:9.2f}", flush=True)
-        pc, so3, cnn = rows
-        p_so3, p_cnn = so3["params"] / pc["params"], cnn["params"] / pc["params"]
-        t_so3, t_cnn = so3["s_per_cell"] / pc["s_per_cell"], cnn["s_per_cell"] / pc["s_per_cell"]
-        print(f"{kind}: params so3_cnn/vn={p_so3:.2f} cnn/vn={p_cnn:.2f} "
-              f"time so3_cnn/vn={t_so3:.2f} cnn/vn={t_cnn:.2f}")
-
+        vn, dg, so3, cnn = rows
+        ratios = " ".join(
+            f"{what}_{img['family']}/{pc['family']}={img[key] / pc[key]:.2f}"
+            for what, key in (("params", "params"), ("time", "s_per_cell"))
+            for img in (so3, cnn) for pc in (vn, dg)
+        )
+        print(f"{kind}: {ratios}", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -1,6 +1,6 @@
 -- One row per model and data set (its latest benchmarked version): the key metrics side by side, and a rank
 -- per data set by the mean z-score over the metrics every model of the data set has a value for (z-scored
--- across the data set's models, sign flipped where lower is better, training time left out).
+-- across the data set's models, sign flipped where lower is better, training time and input preparation left out).
 with latest as (
     select model, dataset, arg_max(model_version, computed_at) as model_version
     from benchmark_metrics
@@ -15,7 +15,7 @@ m as (
 complete as (
     select dataset, metric
     from m
-    where metric <> 'train_seconds'
+    where metric not in ('train_seconds', 'input_seconds_per_cell')
     group by dataset, metric
     having count(value) = count(*)
 ),
@@ -42,6 +42,7 @@ wide as (
         max(value) filter (where metric = 'interpolation_distance') as interpolation_distance,
         max(value) filter (where metric = 'rotation_invariance_error') as rotation_invariance_error,
         max(value) filter (where metric = 'rotation_invariance_error_z90') as rotation_invariance_error_z90,
+        max(value) filter (where metric = 'rotation_invariance_error_spread') as rotation_invariance_error_spread,
         max(value) filter (where metric = 'intrinsic_dimension') as intrinsic_dimension,
         max(value) filter (
             where metric in ('classification_top1_rule', 'classification_top1_piece_count')

@@ -24,7 +24,7 @@ from torch.utils.data import default_collate
 
 from cellrep_core.metrics.rotation import random_rotations, rotation_invariance_error, z90_rotations
 from cellrep_core.models.data import CloudItem
-from cellrep_core.models.train import EMBED_DRAWS, device_accelerator, embed_items
+from cellrep_core.models.train import EMBED_DRAWS, device_accelerator, embed_items, embed_points
 from cellrep_core.models.zoo import make_dataset, model_inputs
 
 COLUMNS = ["metric", "value", "std", "n", "note"]
@@ -43,12 +43,18 @@ HIGHER_IS_BETTER = {
     "interpolation_distance": False,
     "rotation_invariance_error": False,
     "rotation_invariance_error_z90": False,
+    "rotation_invariance_error_spread": False,
     "intrinsic_dimension": False,
     "classification_top1_": True,
     "classification_top2_": True,
     "regression_r2_": True,
     "train_seconds": False,
+    "input_seconds_per_cell": False,
 }
+# Informational rows left out of scores and plots: training cost depends on epochs and reuse, and input
+# preparation (rendering an image, drawing a point subset) on where the data set's inputs are stored, not on
+# the model.
+NOT_SCORED = ("train_seconds", "input_seconds_per_cell")
 # Grid carbon intensity and power used when codecarbon cannot run (declared, not measured).
 DECLARED_CPU_WATTS = 65.0
 DECLARED_KG_CO2_PER_KWH = 0.4
@@ -342,14 +348,23 @@ def benchmark_model(
 
     # efficiency
     rows.append(row("n_parameters", n_parameters(model), n=1, note="trainable and frozen parameters"))
-    embed_items(model, test[:2], draws=1)  # warm-up (first-call allocations)
+    # inputs of the held-out cells as the model takes them (images rendered, point subsets drawn), timed
+    # apart from the model: inference time and emissions are the model's forward pass alone
     t0 = time.perf_counter()
-    embed_items(model, test, draws=1)  # one forward pass per cell
+    inputs = np.stack([model_inputs(it, cfg) for it in test])
+    prep = (time.perf_counter() - t0) / max(len(test), 1)
+    rows.append(row("input_seconds_per_cell", prep, n=len(test),
+                    note=f"{'image rendering' if cfg.family == 'image' else 'point draw'} from the stored "
+                         "clouds, one CPU thread of numpy/scipy (not scored)"))
+    embed_points(model, inputs[:2])  # warm-up (first-call allocations, escnn filter expansion)
+    t0 = time.perf_counter()
+    embed_points(model, inputs)  # one forward pass per cell
     per_cell = (time.perf_counter() - t0) / max(len(test), 1)
+    shape = "×".join(str(v) for v in inputs.shape[1:])
     rows.append(row("inference_seconds_per_cell", per_cell, n=len(test),
-                    note=f"one forward pass, {device_accelerator()}, batch 32"))
+                    note=f"encoder forward pass on {shape} inputs, {device_accelerator()}, batch 32"))
     if emissions:
-        g, note = measure_emissions(lambda: (embed_items(model, test, draws=1), len(test))[1])
+        g, note = measure_emissions(lambda: (embed_points(model, inputs), len(test))[1])
         rows.append(row("emissions_g_co2eq_per_cell", g, n=len(test), note=note))
     else:
         rows.append(row("emissions_g_co2eq_per_cell", None, note="emissions measurement switched off"))
@@ -390,12 +405,17 @@ def benchmark_model(
                     f"codes of {test_note}" if idist[2] else "fewer than four held-out cells"))
 
     # rotation invariance on held-out inputs
-    inputs = np.stack([model_inputs(it, cfg) for it in test])
     for name, rots, what_rot in (("rotation_invariance_error", random_rotations(n_rotations, seed),
                                   f"{n_rotations} random SO(3) rotations"),
                                  ("rotation_invariance_error_z90", z90_rotations(), "90°, 180°, 270° about z")):
         r = rotation_invariance_error(model, inputs, rots)
         rows.append(row(name, r["mean"], r["std"], r["n"], f"{what_rot}, max {r['max']:.2e}, {test_note}"))
+        if name == "rotation_invariance_error":
+            ok = np.isfinite(r["spread_mean"])
+            rows.append(row("rotation_invariance_error_spread", r["spread_mean"], r["spread_std"], r["n"],
+                            f"‖z_R − z‖ / mean distance between two held-out cells' codes "
+                            f"({r['code_spread']:.3g}), {what_rot}, {test_note}" if ok
+                            else "fewer than two distinct held-out codes"))
 
     # compactness
     k1, k2 = compactness_k(len(z))

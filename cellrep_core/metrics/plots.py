@@ -11,10 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from cellrep_core.metrics.benchmark import higher_is_better  # noqa: E402
-
-# Informational rows left out of the summary (training cost depends on epochs and reuse, not the model).
-NOT_SCORED = ("train_seconds",)
+from cellrep_core.metrics.benchmark import NOT_SCORED, higher_is_better  # noqa: E402
 
 
 def summary_scores(table: pd.DataFrame) -> pd.DataFrame:

@@ -87,10 +87,12 @@ REGISTRY.update({
 })
 
 # Image autoencoders (escnn SO(3)-steerable CNN "so3_cnn" and its classical twin "cnn") on volumes: SDF
-# images of polymorphic cells, intensity images of punctate ones (models/image.py). Paper: 32^3 inputs,
-# channels 8..512 over 7 layers (strides 1, 1, 2, 2, 2, 2, 2), lr 1e-3, latent 256 / 512. Demo and tiny
-# use 16^3 inputs: escnn on 32^3 is too slow for a CPU demo (DESIGN.md has the timings).
-_IMAGE_PAPER = {"image_size": 32, "image_channels": 8, "n_layers": 7, "batch_size": 32, "lr": 1e-3}
+# images of polymorphic cells, intensity images of punctate ones (models/image.py). Paper: 32^3 SDF images,
+# 118^3 punctate images (96^3 here: five stride-2 layers need a multiple of 32), channels 8..512 over 7
+# layers (strides 1, 1, 2, 2, 2, 2, 2), lr 1e-3, latent 256 / 512. Demo and tiny use 16^3 inputs: escnn
+# on 32^3 is too slow for a CPU demo (DESIGN.md has the timings).
+_IMAGE_PAPER = {"image_channels": 8, "n_layers": 7, "batch_size": 32, "lr": 1e-3}
+_IMAGE_PAPER_SIZE = {"punctate": 96, "sdf": 32}
 _IMAGE_DEMO = {"image_size": 16, "image_channels": 4, "n_layers": 5, "latent_dim": 64, "batch_size": 16,
                "lr": 1e-3, "max_epochs": 20, "patience": 5}
 _IMAGE_TINY = {"image_size": 16, "image_channels": 2, "n_layers": 4, "latent_dim": 16, "batch_size": 8,
@@ -99,7 +101,8 @@ for _enc, _tag in (("so3_cnn", "so3cnn"), ("cnn", "cnn")):
     for _kind, _latent in (("punctate", 256), ("sdf", 512)):
         _n = f"{_kind}_{_tag}"
         REGISTRY[f"{_n}_paper"] = ModelConfig(
-            name=f"{_n}_paper", kind=_kind, encoder=_enc, latent_dim=_latent, **_IMAGE_PAPER
+            name=f"{_n}_paper", kind=_kind, encoder=_enc, latent_dim=_latent, image_size=_IMAGE_PAPER_SIZE[_kind],
+            **_IMAGE_PAPER,
         )
         REGISTRY[f"{_n}_demo"] = ModelConfig(name=f"{_n}_demo", kind=_kind, encoder=_enc, **_IMAGE_DEMO)
         REGISTRY[f"{_n}_tiny"] = ModelConfig(name=f"{_n}_tiny", kind=_kind, encoder=_enc, **_IMAGE_TINY)
