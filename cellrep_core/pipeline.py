@@ -287,7 +287,8 @@ def embed(
 # the registry yet is reported as missing by the benchmark, not an error.
 BENCHMARK_MODELS: dict[str, list[str]] = {
     "synthetic_punctate": ["punctate_demo", "punctate_dgcnn_demo", "punctate_so3cnn_demo", "punctate_cnn_demo"],
-    "synthetic_polymorphic": ["sdf_demo", "sdf_dgcnn_demo", "sdf_so3cnn_demo", "sdf_cnn_demo"],
+    "synthetic_polymorphic": ["sdf_demo", "sdf_dgcnn_demo", "sdf_so3cnn_demo", "sdf_cnn_demo",
+                              "sdf_segso3cnn_demo", "sdf_segcnn_demo"],
 }
 
 

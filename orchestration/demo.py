@@ -9,6 +9,7 @@ from pathlib import Path
 import dagster as dg
 
 from cellrep_core import paths
+from cellrep_core.pipeline import BENCHMARK_MODELS
 
 LOG_LEVEL = os.environ.get("CELLREP_LOG_LEVEL", "WARNING")
 DEMO_PLATES = {"plate_01": 101, "plate_02": 202}
@@ -114,9 +115,9 @@ def run_demo(plates: dict[str, int] | None = None, null_size: int = 10000, quick
             "synthetic_polymorphic_cells": {"config": {"size": 24}},
             "synthetic_punctate_model": {"config": {"model": "punctate_tiny"}},
             "synthetic_polymorphic_model": {"config": {"model": "sdf_tiny"}},
-            **{f"synthetic_{kind}_benchmark": {"config": {"models": [
-                f"{prefix}_{family}tiny" for family in ("", "dgcnn_", "so3cnn_", "cnn_")]}}
-               for kind, prefix in (("punctate", "punctate"), ("polymorphic", "sdf"))},
+            # the benchmark's model list with the tiny size of every config
+            **{f"{ds}_benchmark": {"config": {"models": [n.removesuffix("_demo") + "_tiny" for n in names]}}
+               for ds, names in BENCHMARK_MODELS.items()},
         }}
     print("  materializing reference assets (data, point clouds, base models, embeddings, benchmark) ...")
     _materialize(inst, dg.AssetSelection.groups("reference"), run_config=run_config)

@@ -228,6 +228,40 @@ def test_benchmark_model_has_every_metric_with_null_reasons():
     assert df.set_index("metric").loc["reconstruction_error", "n"] == 8
 
 
+
+@pytest.mark.parametrize("name", ["sdf_cnn_tiny", "sdf_segcnn_tiny"])
+def test_image_model_iou_reads_its_own_volume(name):
+    """SDF images are inside where negative, segmentations where above 0.5: an autoencoder that returned its
+    input would score 1 − IoU = 0 either way; the stored rows say which volume and threshold they used."""
+    torch.manual_seed(0)
+    model = build_model(get_config(name)).eval()
+    items = _two_ball_items(12)
+    cells = pd.DataFrame({"cell_id": [it.cell_id for it in items], "shape_type": "polymorphic",
+                          "label": [str(i % 3) for i in range(12)], "structure_name": "balls"})
+    df = benchmark_model(model, items, [it.cell_id for it in items[:6]], cells, None, None, n_rotations=1,
+                         n_pairs=4, emissions=False).set_index("metric")
+    volume = "segmentation" if "seg" in name else "sdf"
+    assert f"MSE of {volume} volumes" in df.loc["reconstruction_error", "note"]
+    inside = "segmentation > 0.5" if volume == "segmentation" else "SDF < 0"
+    assert df.loc["reconstruction_1_minus_iou", "note"].startswith(f"inside = {inside}")
+    assert 0 <= df.loc["reconstruction_1_minus_iou", "value"] <= 1
+    eb = eval_batch(model.cfg, items[:6])
+    tgt = model.target(eb.batch)
+    perfect = reconstruction(_Echo(model), eb, tgt, tgt)
+    assert len(perfect["one_minus_iou"]) == 6  # every cell has an inside under its own threshold
+    assert np.allclose(perfect["one_minus_iou"], 0.0) and np.allclose(perfect["error"], 0.0)
+
+
+class _Echo:
+    """Wraps a model so that decoding a latent returns it (the latent is the target volume itself)."""
+
+    def __init__(self, model) -> None:
+        self.cfg, self.reconstruction_error = model.cfg, model.reconstruction_error
+
+    def decode_latent(self, lat, batch):
+        return lat
+
+
 # ------------------------------------------------------------------------------- plots, leaderboard
 
 

@@ -2,6 +2,7 @@
 
 import functools
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -148,6 +149,15 @@ def test_sdf_volume_units_clip_and_errors():
         cell_volume(CloudItem("bad", item.points, np.zeros(100, np.float32)), cfg)
     with pytest.raises(ValueError, match="cell nosdf"):
         cell_volume(CloudItem("nosdf", item.points, None), cfg)
+    seg = cell_volume(item, get_config("sdf_segcnn_tiny"))[0]
+    assert seg.shape == (16, 16, 16) and set(np.unique(seg)) == {0.0, 1.0}
+    inside = np.sqrt(xx**2 + yy**2 + zz**2) < r
+    assert np.array_equal(seg == 1, vol < 0)  # the SDF image's inside, voxel for voxel
+    assert (seg == 1)[inside].mean() > 0.95 and (seg == 1)[~inside].mean() < 0.01
+    with pytest.raises(ValueError, match="image_input='segmentation' needs an image encoder"):
+        get_config("sdf_tiny", image_input="segmentation")
+    with pytest.raises(ValueError, match="image_input='segmentation' needs an image encoder"):
+        get_config("punctate_cnn_tiny", image_input="segmentation")
     far = _punctate_item(0).points.copy()
     far[:, :3] *= 10
     with pytest.raises(ValueError, match="cell far: .* outside the image box"):
@@ -181,7 +191,7 @@ def test_nonlinearity_matches_escnn():
         torch.testing.assert_close(ours(x).tensor, ref(x).tensor, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["sdf_so3cnn_tiny", "sdf_cnn_tiny", "punctate_so3cnn_tiny"])
+@pytest.mark.parametrize("name", ["sdf_so3cnn_tiny", "sdf_cnn_tiny", "punctate_so3cnn_tiny", "sdf_segso3cnn_tiny"])
 def test_shapes_and_benchmark_protocol(name):
     cfg = get_config(name)
     model = _eval_model(name)
@@ -278,3 +288,50 @@ def test_train_model_embed_and_reuse_checkpoint(tmp_path):
     z0 = embed_points(model, x)
     for r in AXIS_90:
         assert relative_error(z0, embed_points(model, rotate_volumes(x, r))).max() < 1e-5
+
+
+class _StopAtEpoch(L.Callback):
+    """Fails the training when epoch ``epoch`` starts, as a killed run would; counts the epochs it saw."""
+
+    def __init__(self, epoch: int | None = None) -> None:
+        self.epoch, self.started = epoch, []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("machine lost")
+        self.started.append(trainer.current_epoch)
+
+
+def test_interrupted_training_resumes_from_its_last_epoch(tmp_path, caplog):
+    cfg = get_config("sdf_cnn_tiny", max_epochs=4, patience=10)
+    items = [_ellipsoid_item(i) for i in range(12)]
+    first = _StopAtEpoch(2)
+    with pytest.raises(RuntimeError, match="machine lost"):
+        train_model(cfg, items, tmp_path, callbacks=[first])
+    assert first.started == [0, 1]
+    (version_dir,) = (tmp_path / cfg.name).iterdir()
+    assert (version_dir / "last.ckpt").exists() and not (version_dir / "model.pt").exists()
+    second = _StopAtEpoch()
+    with caplog.at_level("WARNING", logger="cellrep_core.models.train"):
+        tm = train_model(cfg, items, tmp_path, callbacks=[second])
+    assert second.started == [2, 3]  # the two epochs left, not four
+    assert "resuming the interrupted training" in caplog.text
+    assert tm.path == version_dir and tm.metrics["resumed_at_epoch"] == 2 and tm.metrics["epochs"] == 4
+    assert tm.metrics["best_val_loss"] is not None  # the best epoch's score survived the interruption
+    assert not (version_dir / "last.ckpt").exists() and not (version_dir / "best.ckpt").exists()
+    assert np.isfinite(embed_items(load_model(tm.path), items)).all()
+
+
+def test_unreadable_last_checkpoint_starts_over(tmp_path, caplog):
+    cfg = get_config("sdf_cnn_tiny", max_epochs=2)
+    items = [_ellipsoid_item(i) for i in range(12)]
+    with pytest.raises(RuntimeError):
+        train_model(cfg, items, tmp_path, callbacks=[_StopAtEpoch(1)])
+    (version_dir,) = (tmp_path / cfg.name).iterdir()
+    last = version_dir / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:100])  # cut short while it was written
+    seen = _StopAtEpoch()
+    with caplog.at_level("WARNING", logger="cellrep_core.models.train"):
+        tm = train_model(cfg, items, tmp_path, callbacks=[seen])
+    assert seen.started == [0, 1] and tm.metrics["resumed_at_epoch"] is None
+    assert "cannot be resumed" in caplog.text and "training starts over" in caplog.text

@@ -202,7 +202,10 @@ def reconstruction(model, eb: EvalBatch, lat: torch.Tensor, tgt: torch.Tensor, c
     err = model.reconstruction_error(rec, tgt).double().numpy()
     out = {"error": err}
     if model.cfg.kind == "sdf":
-        a, b = rec.flatten(1) < 0, tgt.flatten(1) < 0
+        if model.cfg.image_input == "segmentation":
+            a, b = rec.flatten(1) > 0.5, tgt.flatten(1) > 0.5
+        else:
+            a, b = rec.flatten(1) < 0, tgt.flatten(1) < 0
         union = (a | b).sum(1)
         ok = union > 0
         out["one_minus_iou"] = (1.0 - (a & b).sum(1)[ok].double() / union[ok].double()).numpy()
@@ -377,13 +380,15 @@ def benchmark_model(
     lat, tgt = latents_and_targets(model, eb)
     rec = reconstruction(model, eb, lat, tgt)
     what = {"punctate": "Chamfer distance of point clouds", "sdf": f"L1 of SDF clipped at ±{cfg.sdf_clip}"}
-    what = what[cfg.kind] if cfg.family == "pointcloud" else "MSE of volumes"
+    volume = cfg.image_input if cfg.kind == "sdf" else "intensity"
+    what = what[cfg.kind] if cfg.family == "pointcloud" else f"MSE of {volume} volumes"
     rows.append(row("reconstruction_error", rec["error"].mean(), rec["error"].std(), len(rec["error"]),
                     f"{what}, {test_note}"))
     if "one_minus_iou" in rec and len(rec["one_minus_iou"]):
         r = rec["one_minus_iou"]
         rows.append(row("reconstruction_1_minus_iou", r.mean(), r.std(), len(r),
-                        f"inside = SDF < 0, canonical evaluation grid, {test_note}"))
+                        f"inside = {'segmentation > 0.5' if cfg.image_input == 'segmentation' else 'SDF < 0'}, "
+                        f"canonical evaluation grid, {test_note}"))
     else:
         rows.append(row("reconstruction_1_minus_iou", None,
                         note="not a signed-distance model" if cfg.kind != "sdf" else "no inside voxels"))

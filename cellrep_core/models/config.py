@@ -6,7 +6,7 @@ import hashlib
 import json
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 
 class ModelConfig(BaseModel):
@@ -23,6 +23,9 @@ class ModelConfig(BaseModel):
     loss: Literal["chamfer", "emd"] = "chamfer"
     # image models: side of the cubic input volume and channels of the first layer
     image_size: int = 32
+    # image models of polymorphic (sdf) cells: the volume holds the SDF clipped to ±2 image voxels, or the
+    # segmentation (1 inside, 0 outside); punctate cells are always intensity images
+    image_input: Literal["sdf", "segmentation"] = "sdf"
     image_channels: int = 8
     k: int = 20
     hidden: int = 64
@@ -43,6 +46,15 @@ class ModelConfig(BaseModel):
     chunk_points: int = 0
     checkpointing: bool = False
 
+    @model_validator(mode="after")
+    def _segmentation_needs_an_sdf_image_model(self) -> ModelConfig:
+        if self.image_input == "segmentation" and (self.kind != "sdf" or self.family != "image"):
+            raise ValueError(
+                f"config {self.name}: image_input='segmentation' needs an image encoder (so3_cnn, cnn) on "
+                f"polymorphic cells (kind='sdf'), got encoder={self.encoder!r}, kind={self.kind!r}"
+            )
+        return self
+
     @property
     def family(self) -> str:
         """``pointcloud`` or ``image``: what the model takes as input."""
@@ -56,6 +68,11 @@ class ModelConfig(BaseModel):
     def digest(self) -> str:
         """Short stable hash of the config, part of a model version."""
         return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _variant(cfg: ModelConfig, **changes: object) -> ModelConfig:
+    """``cfg`` with some fields changed, validated like a new config (``model_copy`` would skip that)."""
+    return ModelConfig.model_validate({**cfg.model_dump(), **changes})
 
 
 _PAPER = {"k": 20, "hidden": 64, "batch_size": 32, "lr": 2e-4}
@@ -81,7 +98,7 @@ REGISTRY: dict[str, ModelConfig] = {
 }
 # the classical DGCNN twin of every point-cloud config above (same sizes, encoder="dgcnn")
 REGISTRY.update({
-    n.replace("_", "_dgcnn_", 1): c.model_copy(update={"name": n.replace("_", "_dgcnn_", 1), "encoder": "dgcnn"})
+    n.replace("_", "_dgcnn_", 1): _variant(c, name=n.replace("_", "_dgcnn_", 1), encoder="dgcnn")
     for n, c in list(REGISTRY.items())
     if c.encoder == "vn_dgcnn" and n.split("_")[0] in ("punctate", "sdf")
 })
@@ -106,6 +123,13 @@ for _enc, _tag in (("so3_cnn", "so3cnn"), ("cnn", "cnn")):
         )
         REGISTRY[f"{_n}_demo"] = ModelConfig(name=f"{_n}_demo", kind=_kind, encoder=_enc, **_IMAGE_DEMO)
         REGISTRY[f"{_n}_tiny"] = ModelConfig(name=f"{_n}_tiny", kind=_kind, encoder=_enc, **_IMAGE_TINY)
+# the same image models on the segmentation of polymorphic cells instead of their SDF (the paper benchmarks
+# both): sdf_segso3cnn_* and sdf_segcnn_*
+REGISTRY.update({
+    n.replace("sdf_", "sdf_seg", 1): _variant(c, name=n.replace("sdf_", "sdf_seg", 1), image_input="segmentation")
+    for n, c in list(REGISTRY.items())
+    if c.kind == "sdf" and c.family == "image"
+})
 
 
 def get_config(name: str, **overrides: object) -> ModelConfig:
@@ -113,4 +137,4 @@ def get_config(name: str, **overrides: object) -> ModelConfig:
     if name not in REGISTRY:
         raise KeyError(f"unknown model config {name!r}; registered: {', '.join(sorted(REGISTRY))}")
     base = REGISTRY[name]
-    return base.model_copy(update=overrides) if overrides else base
+    return _variant(base, **overrides) if overrides else base

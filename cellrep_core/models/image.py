@@ -14,6 +14,8 @@ of those normalised ``(x, y, z)`` coordinates (``grid_sample(..., align_corners=
   ``PUNCTATE_SMOOTH_VOX`` image voxels and divided by its maximum (values in ``[0, 1]``). Counting
   repeated draws instead would weight voxels by the sampling weight ``exp(25 p)``: on a synthetic cell
   61 % of the 20,480 points sit on its brightest voxel.
+  With ``image_input="segmentation"`` a polymorphic cell's image is instead 1 where that resampled SDF is
+  negative, 0 elsewhere (the paper benchmarks image models on both).
 - **SO(3) encoder** (:class:`SO3CNNEncoder`): ``escnn`` on ``rot3dOnR3``, every layer ``C`` scalar and
   ``C`` vector (frequency-1) fields, ``R3Conv`` 3³, ELU on scalars and escnn's norm-ReLU on vectors. A stride-2
   layer is a 2³ average pool followed by the convolution: both keep the even grid symmetric about its
@@ -127,6 +129,11 @@ def sdf_volume(sdf: np.ndarray, size: int, cell_id: str = "") -> np.ndarray:
     return np.clip(vox, -SDF_CLIP_VOXELS, SDF_CLIP_VOXELS).astype(np.float32)[None]
 
 
+def segmentation_volume(sdf: np.ndarray, size: int, cell_id: str = "") -> np.ndarray:
+    """``[1, S, S, S]`` segmentation image: 1 where the stored SDF, resampled to ``size``, is negative."""
+    return (sdf_volume(sdf, size, cell_id) < 0).astype(np.float32)
+
+
 def punctate_volume(points: np.ndarray, size: int, cell_id: str = "") -> np.ndarray:
     """``[1, S, S, S]`` intensity image of a dense ``[n, 4]`` cloud (x, y, z in crop voxels, intensity)."""
     pts = np.asarray(points, dtype=np.float64)
@@ -159,7 +166,8 @@ def punctate_volume(points: np.ndarray, size: int, cell_id: str = "") -> np.ndar
 
 
 def cell_volume(item: CloudItem, cfg: ModelConfig) -> np.ndarray:
-    """A cell's model input ``[C, S, S, S]`` (C = 1): its SDF image or its punctate intensity image.
+    """A cell's model input ``[C, S, S, S]`` (C = 1): its SDF or segmentation image (``cfg.image_input``), or
+    its punctate intensity image.
 
     Model versions hash the stored clouds, not these images: a change to the rendering must bump
     ``train.ARCHITECTURE_VERSION`` so that no checkpoint trained on the old images is reused.
@@ -167,6 +175,8 @@ def cell_volume(item: CloudItem, cfg: ModelConfig) -> np.ndarray:
     if cfg.kind == "sdf":
         if item.sdf is None:
             raise ValueError(f"cell {item.cell_id}: no SDF grid stored; an SDF image model needs SDF point clouds")
+        if cfg.image_input == "segmentation":
+            return segmentation_volume(item.sdf, cfg.image_size, item.cell_id)
         return sdf_volume(item.sdf, cfg.image_size, item.cell_id)
     return punctate_volume(item.points, cfg.image_size, item.cell_id)
 

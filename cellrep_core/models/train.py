@@ -114,6 +114,29 @@ def split_items(items: list[CloudItem], val_fraction: float, seed: int) -> tuple
     return train, val
 
 
+LAST_CHECKPOINT = "last.ckpt"
+
+
+def resumable_checkpoint(path: Path, name: str) -> tuple[Path, int] | None:
+    """``(path, first epoch to run)`` if ``path`` holds a readable Lightning checkpoint of an interrupted
+    training, else ``None``; an unreadable one (cut short while it was written) is removed with a warning
+    and training starts over."""
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        ok = isinstance(state, dict) and {"state_dict", "epoch", "optimizer_states"} <= set(state)
+        why = "not a training checkpoint"
+    except Exception as err:  # noqa: BLE001 - any unreadable file means: start over
+        ok, why = False, f"{type(err).__name__}: {err}"
+    if ok:
+        log.warning("model %s: resuming the interrupted training from %s", name, path)
+        return path, int(state["epoch"]) + 1
+    log.warning("model %s: %s cannot be resumed (%s); training starts over", name, path, why)
+    path.unlink()
+    return None
+
+
 def train_model(
     cfg: ModelConfig,
     items: list[CloudItem],
@@ -121,9 +144,15 @@ def train_model(
     parent: TrainedModel | None = None,
     lineage: dict | None = None,
     force: bool = False,
+    callbacks: list[L.Callback] | None = None,
 ) -> TrainedModel:
     """Train (or warm-start from ``parent``) and save weights, config and lineage under
-    ``models_root/<name>/<version>/``; an existing identical version is reused unless ``force``."""
+    ``models_root/<name>/<version>/``; an existing identical version is reused unless ``force``.
+
+    Every epoch leaves ``last.ckpt`` (weights, optimizer, epoch, early-stopping and best-checkpoint state)
+    in the version folder until training ends; a training of the same version that was interrupted (killed,
+    run terminated, machine lost) resumes from it instead of starting over. ``callbacks``: extra Lightning
+    callbacks (progress, custom stopping)."""
     if len(items) < 4:
         raise ValueError(f"model {cfg.name}: need at least 4 cells to train, got {len(items)}")
     dhash = data_hash(items)
@@ -149,8 +178,11 @@ def train_model(
         drop_last=len(train) > cfg.batch_size,
     )
     val_dl = DataLoader(make_dataset(cfg, val, train=False), batch_size=cfg.batch_size) if val else None
-    ckpt = ModelCheckpoint(dirpath=out, filename="best", monitor="val_loss", save_top_k=1) if val else None
-    callbacks = [ckpt, EarlyStopping(monitor="val_loss", patience=cfg.patience)] if val else []
+    # best.ckpt by validation loss (when there is a validation set) and last.ckpt every epoch, for resuming
+    ckpt = ModelCheckpoint(dirpath=out, filename="best", monitor="val_loss" if val else None,
+                           save_top_k=1 if val else 0, save_last=True)
+    resume, start_epoch = resumable_checkpoint(out / LAST_CHECKPOINT, cfg.name) or (None, None)
+    cbs = [ckpt, *([EarlyStopping(monitor="val_loss", patience=cfg.patience)] if val else []), *(callbacks or [])]
     cuda = torch.cuda.is_available()
     with _quiet_lightning():
         trainer = L.Trainer(
@@ -158,7 +190,7 @@ def train_model(
             accelerator=device_accelerator(),
             devices=1,
             precision="16-mixed" if cuda else "32-true",
-            callbacks=callbacks,
+            callbacks=cbs,
             logger=CSVLogger(out, name="logs", version=""),
             enable_progress_bar=False,
             enable_model_summary=False,
@@ -167,19 +199,22 @@ def train_model(
         )
         t0 = time.perf_counter()
         with compiled_edges(fused_edges_pay_off(cfg)):
-            trainer.fit(model, train_dl, val_dl)
+            trainer.fit(model, train_dl, val_dl, ckpt_path=resume)
     seconds = time.perf_counter() - t0
-    log.info("trained %s %s in %.0f s (%d epochs)", cfg.name, version, seconds, trainer.current_epoch)
-    if ckpt is not None and ckpt.best_model_path:
+    log.info("trained %s %s in %.0f s (%d epochs%s)", cfg.name, version, seconds, trainer.current_epoch,
+             f", resumed at epoch {start_epoch}" if resume else "")
+    if val and ckpt.best_model_path:
         model = model_class(cfg).load_from_checkpoint(ckpt.best_model_path, map_location="cpu")
         Path(ckpt.best_model_path).unlink()
+    (out / LAST_CHECKPOINT).unlink(missing_ok=True)
     model = model.cpu().eval()
     torch.save(model.state_dict(), out / "model.pt")
     (out / "config.json").write_text(cfg.model_dump_json(indent=2))
     metrics = {
         "train_seconds": seconds,
         "epochs": trainer.current_epoch,
-        "best_val_loss": float(ckpt.best_model_score) if ckpt is not None and ckpt.best_model_score else None,
+        "best_val_loss": float(ckpt.best_model_score) if val and ckpt.best_model_score is not None else None,
+        "resumed_at_epoch": start_epoch,
         "n_train": len(train),
         "n_val": len(val),
         "samples_per_s": len(train) * max(trainer.current_epoch, 1) / seconds if seconds > 0 else None,
