@@ -16,7 +16,7 @@ from cellrep_core import paths
 from cellrep_core.data import synthetic
 from cellrep_core.ingest import ingest_manifest
 from cellrep_core.metrics.benchmark import benchmark_model
-from cellrep_core.models.config import ModelConfig, get_config
+from cellrep_core.models.config import ModelConfig, get_config, variant
 from cellrep_core.models.train import (
     TrainedModel,
     embed_items,
@@ -172,9 +172,8 @@ def finetune_config(base: ModelConfig, max_epochs: int = FINETUNE_EPOCHS, lr_sca
     ``<base>_ft``, a bounded number of epochs at a lower learning rate."""
     if max_epochs < 1:
         raise ValueError(f"fine-tuning needs max_epochs >= 1, got {max_epochs}")
-    return base.model_copy(update={"name": f"{base.name}_ft", "max_epochs": max_epochs,
-                                   "patience": min(base.patience, max_epochs), "lr": base.lr * lr_scale,
-                                   **overrides})
+    return variant(base, **{"name": f"{base.name}_ft", "max_epochs": max_epochs,
+                            "patience": min(base.patience, max_epochs), "lr": base.lr * lr_scale, **overrides})
 
 
 def finetune_plate(wh: Warehouse, plate_id: str, base: TrainedModel, max_epochs: int = FINETUNE_EPOCHS,
@@ -395,16 +394,8 @@ def profile_plate_models(
     baseline; all of the plate's earlier ``drug_qvalues`` rows are replaced in one transaction, other
     plates' rows are not touched."""
     df = _plate_qvalues(wh, fs, plate_id, list(dict.fromkeys(model_versions)), null_size, seed)
-    with wh.write() as con:
-        con.execute("DELETE FROM drug_qvalues WHERE plate_id = ?", [plate_id])
-        _insert_df(con, "drug_qvalues", df)
+    wh.replace("drug_qvalues", df, {"plate_id": plate_id})
     return df
-
-
-def _insert_df(con, table: str, df: pd.DataFrame) -> None:
-    con.register("_df", df)
-    con.execute(f"INSERT INTO {table} ({', '.join(df.columns)}) SELECT * FROM _df")
-    con.unregister("_df")
 
 
 def default_model_config(dataset: str, **overrides: object) -> ModelConfig:

@@ -70,7 +70,7 @@ class ModelConfig(BaseModel):
         return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()[:10]
 
 
-def _variant(cfg: ModelConfig, **changes: object) -> ModelConfig:
+def variant(cfg: ModelConfig, **changes: object) -> ModelConfig:
     """``cfg`` with some fields changed, validated like a new config (``model_copy`` would skip that)."""
     return ModelConfig.model_validate({**cfg.model_dump(), **changes})
 
@@ -98,7 +98,7 @@ REGISTRY: dict[str, ModelConfig] = {
 }
 # the classical DGCNN twin of every point-cloud config above (same sizes, encoder="dgcnn")
 REGISTRY.update({
-    n.replace("_", "_dgcnn_", 1): _variant(c, name=n.replace("_", "_dgcnn_", 1), encoder="dgcnn")
+    n.replace("_", "_dgcnn_", 1): variant(c, name=n.replace("_", "_dgcnn_", 1), encoder="dgcnn")
     for n, c in list(REGISTRY.items())
     if c.encoder == "vn_dgcnn" and n.split("_")[0] in ("punctate", "sdf")
 })
@@ -126,7 +126,7 @@ for _enc, _tag in (("so3_cnn", "so3cnn"), ("cnn", "cnn")):
 # the same image models on the segmentation of polymorphic cells instead of their SDF (the paper benchmarks
 # both): sdf_segso3cnn_* and sdf_segcnn_*
 REGISTRY.update({
-    n.replace("sdf_", "sdf_seg", 1): _variant(c, name=n.replace("sdf_", "sdf_seg", 1), image_input="segmentation")
+    n.replace("sdf_", "sdf_seg", 1): variant(c, name=n.replace("sdf_", "sdf_seg", 1), image_input="segmentation")
     for n, c in list(REGISTRY.items())
     if c.kind == "sdf" and c.family == "image"
 })
@@ -137,4 +137,4 @@ def get_config(name: str, **overrides: object) -> ModelConfig:
     if name not in REGISTRY:
         raise KeyError(f"unknown model config {name!r}; registered: {', '.join(sorted(REGISTRY))}")
     base = REGISTRY[name]
-    return _variant(base, **overrides) if overrides else base
+    return variant(base, **overrides) if overrides else base

@@ -95,18 +95,7 @@ class FeatureStore:
             raise ValueError(f"{len(meta)} metadata rows but {len(vectors)} vectors")
         if len(meta) == 0:
             return 0
-        data = self._arrow(meta, vectors)
-        dim = data.schema.field("vector").type.list_size
-        with self._lock:
-            name = self.table_for_dim(dim)
-            if name not in self.table_names():
-                # Lance file format 2.1: random access to the metadata of the k hits is 3-4x cheaper
-                # than in the 2.0 default (1M rows: 9 ms vs 32 ms per query, benchmarks/bench_search.py)
-                self.db.create_table(name, data=data, data_storage_version=LANCE_FORMAT)
-            else:
-                tbl = self.db.open_table(name)
-                tbl.merge_insert(KEY).when_matched_update_all().when_not_matched_insert_all().execute(data)
-        return len(meta)
+        return self._merge(self._arrow(meta, vectors))
 
     def replace(self, filters: dict[str, object], meta: pd.DataFrame, vectors: np.ndarray) -> int:
         """Replace the rows matching ``filters`` (e.g. one plate and model version) by ``meta``/``vectors``
@@ -114,15 +103,24 @@ class FeatureStore:
         batch, so a reader sees either the old rows or the new ones, never a half-written plate."""
         if len(meta) == 0:
             raise ValueError(f"no rows to replace {where_clause(filters)} with; use delete() to drop them")
-        data = self._arrow(meta, vectors)
+        return self._merge(self._arrow(meta, vectors), delete_where=where_clause(filters))
+
+    def _merge(self, data: pa.Table, delete_where: str | None = None) -> int:
+        """Create the table of the vectors' dimension with ``data``, or merge ``data`` into it on the key
+        (and delete the rows matching ``delete_where`` that ``data`` does not have), under the writer lock."""
         with self._lock:
             name = self.table_for_dim(data.schema.field("vector").type.list_size)
             if name not in self.table_names():
+                # Lance file format 2.1: random access to the metadata of the k hits is 3-4x cheaper
+                # than in the 2.0 default (1M rows: 9 ms vs 32 ms per query, benchmarks/bench_search.py)
                 self.db.create_table(name, data=data, data_storage_version=LANCE_FORMAT)
             else:
-                (self.db.open_table(name).merge_insert(KEY).when_matched_update_all().when_not_matched_insert_all()
-                 .when_not_matched_by_source_delete(where_clause(filters)).execute(data))
-        return len(meta)
+                merge = self.db.open_table(name).merge_insert(KEY).when_matched_update_all()
+                merge = merge.when_not_matched_insert_all()
+                if delete_where is not None:
+                    merge = merge.when_not_matched_by_source_delete(delete_where)
+                merge.execute(data)
+        return data.num_rows
 
     def delete(self, filters: dict[str, object], table: str = TABLE) -> None:
         """Delete rows matching the filters (used to replace one plate's rows)."""
