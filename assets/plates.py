@@ -66,10 +66,12 @@ def plate_cells(context: dg.AssetExecutionContext, warehouse: WarehouseResource)
     t0 = time.perf_counter()
     counts = pipeline.ingest(plate_dir / "manifest.csv", wh, PLATES_DATASET, plate_id=pid)
     n_truth = pipeline.write_truth(wh, plate_dir, pid)
+    screen_id = pipeline.plate_screen_id(plate_dir)
     wh.upsert("plates", pd.DataFrame([{"plate_id": pid, "source_dir": str(plate_dir), "n_cells": counts["cells"],
-                                       "n_quarantined": counts["quarantined"]}]), on=["plate_id"])
+                                       "n_quarantined": counts["quarantined"], "screen_id": screen_id}]),
+              on=["plate_id"])
     context.log.info(f"plate {pid}: {counts}")
-    return dg.MaterializeResult(metadata={**_md(counts), "truth_rows": n_truth,
+    return dg.MaterializeResult(metadata={**_md(counts), "truth_rows": n_truth, "screen_id": screen_id or "",
                                           "stage_seconds": round(time.perf_counter() - t0, 2),
                                           "quarantine_reasons": str(counts["reasons"])})
 

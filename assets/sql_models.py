@@ -16,6 +16,8 @@ TABLE_ASSETS: dict[str, list[str]] = {
     "quarantine": ["plate_cells", "plate_pointclouds", *(f"{d}_cells" for d in _REF)],
     "plates": ["plate_cells"],
     "drug_truth": ["plate_cells"],
+    "cell_truth": ["plate_cells"],
+    "screen_qvalues": ["screen_qvalues"],
     "pointcloud_index": ["plate_pointclouds", *(f"{d}_pointclouds" for d in _REF)],
     "handcrafted_features": ["plate_pointclouds", *(f"{d}_pointclouds" for d in _REF)],
     "models": ["plate_model", *(f"{d}_model" for d in _REF)],

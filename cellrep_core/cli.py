@@ -151,7 +151,35 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--n-per-drug", type=int, default=20)
     sp.add_argument("--drug", action="append", default=[], metavar="NAME=EFFECT",
                     help="drug and planted effect (none, shrink, fragment, elongate); repeatable")
+    ss = sub.add_parser("synth-screen", help="write a synthetic screen (replicate plates, dose series, nuisance) "
+                                             "into the landing folder")
+    ss.add_argument("--screen-id", required=True)
+    ss.add_argument("--seed", type=int, default=0)
+    ss.add_argument("--out", type=Path, help="folder the plates are written into; default: the landing folder")
+    ss.add_argument("--drug", action="append", default=[], metavar="NAME=EFFECT[:MAX_STRENGTH]",
+                    help="drug, effect (none, shrink, fragment, elongate, unequal, flatten) and its strength at the "
+                         "top concentration (default 1); repeatable; default: one drug per effect and three nulls")
+    ss.add_argument("--concentrations", default="0.3,1,3", help="µM, comma-separated (default 0.3,1,3)")
+    ss.add_argument("--replicates", type=int, default=2)
+    ss.add_argument("--n-per-well", type=int, default=12)
+    ss.add_argument("--n-dmso-wells", type=int, default=6)
+    ss.add_argument("--no-nuisance", action="store_true", help="no batch, edge, cell-cycle, debris or "
+                                                               "segmentation nuisance")
     return p
+
+
+def write_synthetic_screen(screen_id: str, seed: int = 0, drugs: list[str] | None = None,
+                           concentrations: tuple[float, ...] = (0.3, 1.0, 3.0), replicates: int = 2,
+                           n_per_well: int = 12, n_dmso_wells: int = 6, nuisance: bool = True,
+                           out: Path | None = None) -> list[Path]:
+    """Write a synthetic screen's replicate plates (each folder's manifest last, so each is picked up whole)."""
+    from cellrep_core.data import screen
+
+    specs = [screen.Drug.parse(d) for d in drugs] if drugs else [screen.Drug(n, e) for n, e in
+                                                                 screen.DEFAULT_SCREEN_DRUGS]
+    spec = screen.ScreenSpec(screen_id, seed, specs, tuple(concentrations), replicates, n_per_well, n_dmso_wells,
+                             nuisance=screen.Nuisance() if nuisance else screen.Nuisance.off())
+    return screen.generate_screen(spec, Path(out) if out else paths.landing_plates_dir())
 
 
 def ingest_command(
@@ -234,6 +262,16 @@ def run(args: argparse.Namespace) -> int:
         drugs = dict(d.split("=", 1) for d in args.drug) or None
         out = write_synthetic_plate(args.plate_id, args.out, args.seed, args.n_dmso, args.n_per_drug, drugs)
         print(f"wrote plate {args.plate_id} to {out}")
+        return 0
+    if args.command == "synth-screen":
+        try:
+            concs = tuple(float(c) for c in args.concentrations.split(",") if c.strip())
+        except ValueError:
+            raise ValueError(f"--concentrations {args.concentrations!r}: expected µM numbers, e.g. 0.3,1,3") from None
+        folders = write_synthetic_screen(args.screen_id, args.seed, args.drug, concs, args.replicates,
+                                         args.n_per_well, args.n_dmso_wells, not args.no_nuisance, args.out)
+        for f in folders:
+            print(f"wrote plate {f.name} of screen {args.screen_id} to {f}")
         return 0
     raise SystemExit(f"unknown command {args.command}")
 

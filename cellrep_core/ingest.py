@@ -95,6 +95,7 @@ def _cell_row(row: dict, cell_id: str, ds: str, pid: str, path: Path, channels: 
         "plate_id": pid,
         "well": str(row.get("well") or ""),
         "drug": str(row.get("drug") or ""),
+        "concentration": _concentration(row.get("concentration"), row.get("drug")),
         "structure_name": str(row.get("structure_name") or ""),
         "shape_type": str(row.get("shape_type") or "polymorphic"),
         "label": str(row.get("label") or ""),
@@ -103,6 +104,17 @@ def _cell_row(row: dict, cell_id: str, ds: str, pid: str, path: Path, channels: 
         "voxel_size_um": float(voxel_um),
         "seed": int(row.get("seed") or 0),
     }
+
+
+def _concentration(value: object, drug: object) -> float | None:
+    """A cell's concentration in µM (NULL when the manifest has none; the DMSO control is 0 when unset)."""
+    try:
+        c = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        c = float("nan")
+    if c != c:
+        return 0.0 if str(drug or "") == "DMSO" else None
+    return c
 
 
 def working_voxel_um(row: dict, voxel: tuple[float, float, float], cell_id: str, path: Path) -> float:

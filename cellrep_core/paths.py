@@ -46,3 +46,8 @@ def landing_plates_dir() -> Path:
 def reports_dir(dataset: str) -> Path:
     """Return the folder holding a data set's benchmark plots."""
     return cellrep_home() / "reports" / dataset
+
+
+def screen_reports_dir(screen_id: str) -> Path:
+    """Return the folder holding a screen's plots."""
+    return cellrep_home() / "reports" / "screens" / screen_id

@@ -7,6 +7,7 @@ import dagster as dg
 from assets.feature_store import embedding_ann_index, feature_store_maintenance, feature_store_nightly
 from assets.plates import plate_asset_checks, plate_asset_defs
 from assets.reference import reference_asset_defs
+from assets.screens import screen_asset_defs
 from assets.sql_models import sql_model_assets
 from orchestration.resources import FeatureStoreResource, WarehouseResource
 from orchestration.sensors import landing_plates_sensor, plates_automation_sensor
@@ -14,6 +15,7 @@ from orchestration.sensors import landing_plates_sensor, plates_automation_senso
 all_assets = [
     *reference_asset_defs,
     *plate_asset_defs,
+    *screen_asset_defs,
     embedding_ann_index,
     feature_store_maintenance,
     *sql_model_assets(),

@@ -18,6 +18,7 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "plate_id",
     "well",
     "drug",
+    "concentration",
     "structure_name",
     "shape_type",
     "label",
@@ -32,6 +33,7 @@ MANIFEST_DEFAULTS: dict[str, object] = {
     "plate_id": "",
     "well": "",
     "drug": "",
+    "concentration": float("nan"),
     "structure_name": "",
     "shape_type": "",
     "label": "",
@@ -39,7 +41,8 @@ MANIFEST_DEFAULTS: dict[str, object] = {
     "seed": -1,
 }
 ALL_FOREGROUND_FRACTION = 0.99
-_STRING_COLUMNS = tuple(c for c in MANIFEST_COLUMNS if c not in ("voxel_size_um", "seed"))
+_NUMERIC_COLUMNS = {"voxel_size_um": float, "seed": int, "concentration": float}
+_STRING_COLUMNS = tuple(c for c in MANIFEST_COLUMNS if c not in _NUMERIC_COLUMNS)
 
 
 def _split_channels(channels: list[str] | tuple[str, ...] | str) -> list[str]:
@@ -336,7 +339,7 @@ def read_manifest(path: Path) -> pd.DataFrame:
             df[col] = default
     for col in _STRING_COLUMNS:
         df[col] = df[col].astype(object).where(df[col].notna(), "").map(str).astype(str)
-    for col, kind in (("voxel_size_um", float), ("seed", int)):
+    for col, kind in _NUMERIC_COLUMNS.items():
         values = df[col].astype(object).where(df[col].notna(), "").map(str).str.strip()
         values = values.where(values != "", str(MANIFEST_DEFAULTS[col]))
         try:

@@ -201,12 +201,12 @@ def _write_cell_tiff(path: Path, arr: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def _write_manifest(out_dir: Path, rows: list[dict[str, Any]]) -> pd.DataFrame:
+def _write_manifest(out_dir: Path, rows: list[dict[str, Any]], extra: tuple[str, ...] = ()) -> pd.DataFrame:
     """Write ``manifest.csv`` (last, via a temporary file and a rename, so a watcher of the folder never
-    sees half a manifest) and return it as a DataFrame with the manifest columns in order."""
-    df = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
+    sees half a manifest) and return it as a DataFrame with the manifest columns in order (then ``extra``)."""
+    df = pd.DataFrame(rows, columns=[*MANIFEST_COLUMNS, *extra])
     for col in MANIFEST_COLUMNS:
-        if col == "voxel_size_um":
+        if col in ("voxel_size_um", "concentration"):
             df[col] = df[col].astype("float64")
         elif col == "seed":
             df[col] = df[col].astype("int64")
@@ -444,8 +444,16 @@ def polymorphic_cell(
     n_pieces: int,
     total_volume: float,
     elongation_range: tuple[float, float],
+    nucleus: Nucleus | None = None,
+    dirichlet_alpha: float = 2.0,
+    oblate_probability: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Return (nucleus bool mask, structure bool mask, info) of one nucleolus-like cell.
+
+    ``nucleus``: use this nucleus instead of drawing one. ``dirichlet_alpha``: concentration of the volume
+    shares (lower: more unequal pieces). ``oblate_probability``: chance that a piece is oblate (semi-axes
+    r e^(1/3), r e^(1/3), r e^(-2/3): same volume and longest / shortest ratio e) instead of prolate. The
+    defaults draw exactly the random numbers they always did.
 
     ``total_volume`` (voxels, on this grid) is split over ``n_pieces`` ellipsoids by a Dirichlet(2); each
     piece has elongation e ~ U(elongation_range) (semi-axes r e^(2/3), r e^(-1/3), r e^(-1/3)) and a
@@ -456,9 +464,9 @@ def polymorphic_cell(
     n_pieces = int(n_pieces)
     if n_pieces < 1:
         raise ValueError(f"n_pieces must be >= 1, got {n_pieces}")
-    nucleus = random_nucleus(rng, grid)
+    nucleus = random_nucleus(rng, grid) if nucleus is None else nucleus
     nmask = nucleus.mask(grid)
-    shares = rng.dirichlet(np.full(n_pieces, 2.0)) if n_pieces > 1 else np.ones(1)
+    shares = rng.dirichlet(np.full(n_pieces, float(dirichlet_alpha))) if n_pieces > 1 else np.ones(1)
     volumes = np.sort(float(total_volume) * shares)[::-1]
     structure = np.zeros_like(nmask)
     placed: list[tuple[np.ndarray, float, float]] = []
@@ -467,7 +475,11 @@ def polymorphic_cell(
     for vol in volumes:
         e = float(rng.uniform(*elongation_range))
         r = (3.0 * vol / (4.0 * math.pi)) ** (1.0 / 3.0)
-        semi_axes = np.array([r * e ** (2.0 / 3.0), r * e ** (-1.0 / 3.0), r * e ** (-1.0 / 3.0)])
+        oblate = bool(oblate_probability > 0 and rng.random() < oblate_probability)
+        if oblate:
+            semi_axes = np.array([r * e ** (1.0 / 3.0), r * e ** (1.0 / 3.0), r * e ** (-2.0 / 3.0)])
+        else:
+            semi_axes = np.array([r * e ** (2.0 / 3.0), r * e ** (-1.0 / 3.0), r * e ** (-1.0 / 3.0)])
         rotation = Rotation.random(rng=rng).as_matrix()
         centre, slices, clipped, placement = _place_piece(rng, nucleus, nmask, structure, placed, semi_axes, rotation)
         relaxed_any |= placement == "forced"
@@ -479,6 +491,7 @@ def polymorphic_cell(
                 "semi_axes": semi_axes.tolist(),
                 "rotation": rotation.tolist(),
                 "elongation": e,
+                "oblate": oblate,
                 "volume": float(vol),
                 "voxels": int(clipped.sum()),
                 "placement": placement,

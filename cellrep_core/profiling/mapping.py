@@ -32,7 +32,8 @@ import numpy as np
 import pandas as pd
 from copairs.map import average_precision, mean_average_precision
 
-RESULT_COLUMNS = ("plate_id", "drug", "n_cells", "mean_average_precision", "p_value", "q_value", "is_hit")
+RESULT_COLUMNS = ("plate_id", "drug", "concentration", "n_cells", "mean_average_precision", "p_value", "q_value",
+                  "is_hit")
 _META_COLUMNS = ("plate_id", "drug", "cell_id")
 
 
@@ -74,6 +75,7 @@ def _empty_result() -> pd.DataFrame:
         {
             "plate_id": pd.Series([], dtype=object),
             "drug": pd.Series([], dtype=object),
+            "concentration": pd.Series([], dtype=np.float64),
             "n_cells": pd.Series([], dtype=np.int64),
             "mean_average_precision": pd.Series([], dtype=np.float64),
             "p_value": pd.Series([], dtype=np.float64),
@@ -85,7 +87,7 @@ def _empty_result() -> pd.DataFrame:
 
 def _plate_map(
     plate_id: object,
-    drugs: np.ndarray,
+    drugs: np.ndarray,  # treatment labels (see treatment_keys)
     cell_ids: np.ndarray,
     x: np.ndarray,
     control: str,
@@ -186,17 +188,39 @@ def drug_map_qvalues(
         raise ValueError(f"null_size must be positive, got {null_size}")
 
     plates = meta["plate_id"].to_numpy(dtype=object)
-    drugs = meta["drug"].to_numpy(dtype=object)
+    treatments, conc_of = treatment_keys(meta, control)
     cell_ids = meta["cell_id"].to_numpy(dtype=object)
     frames = []
     for plate_id in pd.unique(plates):
         sel = plates == plate_id
         res = _plate_map(
-            plate_id, drugs[sel], cell_ids[sel], x[sel], control, null_size, threshold, seed, normalize
+            plate_id, treatments[sel], cell_ids[sel], x[sel], control, null_size, threshold, seed, normalize
         )
         if res is not None:
             frames.append(res)
     if not frames:
         return _empty_result()
     out = pd.concat(frames, ignore_index=True)
+    out["concentration"] = out["drug"].map(lambda t: conc_of[t][1]).astype(np.float64)
+    out["drug"] = out["drug"].map(lambda t: conc_of[t][0])
     return out[list(RESULT_COLUMNS)]
+
+
+def treatment_keys(meta: pd.DataFrame, control: str = "DMSO") -> tuple[np.ndarray, dict[str, tuple[str, float]]]:
+    """One label per cell for its treatment, (drug, concentration) when ``meta`` has a concentration column
+    (a drug at two concentrations is two treatments; the control is one treatment at any concentration), and
+    the map label -> (drug, concentration)."""
+    drugs = meta["drug"].to_numpy(dtype=object)
+    if "concentration" in meta.columns:
+        conc = pd.to_numeric(meta["concentration"], errors="coerce").to_numpy(dtype=np.float64)
+    else:
+        conc = np.full(len(meta), np.nan)
+    labels, conc_of = np.empty(len(meta), dtype=object), {}
+    for i, (d, c) in enumerate(zip(drugs, conc, strict=True)):
+        if d == control or not np.isfinite(c):
+            key, value = str(d), (d, np.nan)
+        else:
+            key, value = f"{d} @ {c:g}", (d, float(c))
+        labels[i] = key
+        conc_of.setdefault(key, value)
+    return labels, conc_of

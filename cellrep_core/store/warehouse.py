@@ -23,21 +23,26 @@ from cellrep_core import paths
 SCHEMA: dict[str, str] = {
     "cells": """
         cell_id VARCHAR PRIMARY KEY, dataset VARCHAR, plate_id VARCHAR, well VARCHAR, drug VARCHAR,
-        structure_name VARCHAR, shape_type VARCHAR, label VARCHAR, source_path VARCHAR, channels VARCHAR,
+        concentration DOUBLE, structure_name VARCHAR, shape_type VARCHAR, label VARCHAR, source_path VARCHAR,
+        channels VARCHAR,
         voxel_size_um DOUBLE, seed BIGINT, ingested_at TIMESTAMP DEFAULT current_timestamp""",
     "quarantine": """
         cell_id VARCHAR, dataset VARCHAR, plate_id VARCHAR, stage VARCHAR, reason VARCHAR, detail VARCHAR,
         source_path VARCHAR, recorded_at TIMESTAMP DEFAULT current_timestamp""",
     "plates": """
         plate_id VARCHAR PRIMARY KEY, source_dir VARCHAR, n_cells INTEGER, n_quarantined INTEGER,
-        registered_at TIMESTAMP DEFAULT current_timestamp""",
+        screen_id VARCHAR, registered_at TIMESTAMP DEFAULT current_timestamp""",
     "pointcloud_index": """
         cell_id VARCHAR, dataset VARCHAR, partition VARCHAR, kind VARCHAR, n_points INTEGER,
         n_components INTEGER, parquet_path VARCHAR, created_at TIMESTAMP DEFAULT current_timestamp""",
     "handcrafted_features": """
         cell_id VARCHAR, dataset VARCHAR, plate_id VARCHAR, volume DOUBLE, surface_area DOUBLE,
         n_pieces DOUBLE, mean_piece_distance DOUBLE""",
-    "drug_truth": "plate_id VARCHAR, drug VARCHAR, planted_effect VARCHAR",
+    "drug_truth": "plate_id VARCHAR, drug VARCHAR, planted_effect VARCHAR, concentration DOUBLE, strength DOUBLE",
+    "cell_truth": """
+        cell_id VARCHAR, plate_id VARCHAR, well VARCHAR, drug VARCHAR, concentration DOUBLE, effect VARCHAR,
+        strength DOUBLE, debris BOOLEAN, edge_well BOOLEAN, batch_factor DOUBLE, nuclear_volume DOUBLE,
+        n_pieces INTEGER, total_volume DOUBLE, structure_voxels INTEGER, n_oblate INTEGER""",
     "models": """
         model_name VARCHAR, model_version VARCHAR PRIMARY KEY, parent_version VARCHAR, dataset VARCHAR,
         plate_id VARCHAR, path VARCHAR, config_json VARCHAR, data_hash VARCHAR, metrics_json VARCHAR,
@@ -48,7 +53,19 @@ SCHEMA: dict[str, str] = {
     "drug_qvalues": """
         plate_id VARCHAR, drug VARCHAR, model_version VARCHAR, feature_set VARCHAR, n_cells INTEGER,
         mean_average_precision DOUBLE, p_value DOUBLE, q_value DOUBLE, is_hit BOOLEAN,
+        computed_at TIMESTAMP DEFAULT current_timestamp, concentration DOUBLE""",
+    "screen_qvalues": """
+        screen_id VARCHAR, drug VARCHAR, concentration DOUBLE, feature_set VARCHAR, model_role VARCHAR,
+        model_version VARCHAR, method VARCHAR, n_plates INTEGER, n_cells INTEGER, mean_average_precision DOUBLE,
+        p_value DOUBLE, q_value DOUBLE, is_hit BOOLEAN, null_size INTEGER,
         computed_at TIMESTAMP DEFAULT current_timestamp""",
+}
+# Columns added after a table was first created: existing warehouses get them on the next write.
+MIGRATIONS: dict[str, list[str]] = {
+    "cells": ["concentration DOUBLE"],
+    "plates": ["screen_id VARCHAR"],
+    "drug_truth": ["concentration DOUBLE", "strength DOUBLE"],
+    "drug_qvalues": ["concentration DOUBLE"],
 }
 
 
@@ -98,6 +115,9 @@ class Warehouse:
     def _ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
         for table, cols in SCHEMA.items():
             con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({cols})")
+        for table, added in MIGRATIONS.items():
+            for col in added:
+                con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {col}")
 
     def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
         """Run read-only SQL and return a DataFrame."""
@@ -109,6 +129,13 @@ class Warehouse:
         with self.write() as con:
             _replace(con, table, df, key)
         return len(df)
+
+    def replace_many(self, parts: list[tuple[str, pd.DataFrame, dict[str, object]]]) -> int:
+        """Several :meth:`replace` calls (table, rows, key) in one transaction; returns the rows written."""
+        with self.write() as con:
+            for table, df, key in parts:
+                _replace(con, table, df, key)
+        return sum(len(df) for _, df, _ in parts)
 
     def upsert(self, table: str, df: pd.DataFrame, on: list[str]) -> int:
         """Delete rows whose ``on`` columns match a row of ``df``, then insert ``df`` (no duplicates)."""

@@ -1,0 +1,145 @@
+"""Screen-level drug activity: each drug x concentration across replicate plates, BH over the whole screen.
+
+Aggregation (what is defended here):
+
+1. **Per-plate DMSO normalisation.** Every plate's features are z-scored to that plate's own DMSO cells, which
+   removes a plate's batch effect (a global shift or scale of the features) before plates are pooled.
+2. **Pooled mAP with replicate positives** (``method = "replicate_positives"``), for feature spaces shared by
+   the screen's plates (the base model's codes, any other model that embedded every plate, hand-crafted
+   features). A treatment's cells are queries; their positives are the cells of the *same treatment on the
+   other plates* and their negatives the DMSO cells of every plate. On a plate a treatment sits in one well,
+   so within-plate positives would reward anything the well itself adds (an edge well, a local artefact);
+   a treatment scores only where its cells resemble its replicates on other plates, in other wells, more
+   than they resemble DMSO. This is the replicate-retrieval question of profiling work (copairs'
+   ``pos_diffby``). A treatment present on one plate only falls back to within-plate positives
+   (``method = "within_plate"``).
+3. **Per-plate models** (a plate's own fine-tuned model: its codes live in a space of their own, so cells of
+   two plates cannot be compared): per-plate p-values (the plate tables) are combined by Fisher's method
+   (``method = "fisher"``; independent plates, each p-value valid under the null), mAP is their mean.
+4. **Benjamini-Hochberg over every treatment of the screen** (all drugs x concentrations, per feature set).
+
+p-values come from copairs' null of random rank lists; the null size defaults to REFERENCE.md's 100,000, so the
+smallest p is about 1e-5 and a q near 0.05 is resolved.
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+import numpy as np
+import pandas as pd
+from copairs.map import average_precision, mean_average_precision
+from scipy import stats
+
+from cellrep_core.profiling.mapping import benjamini_hochberg, normalize_to_controls, treatment_keys
+
+SCREEN_NULL_SIZE = 100_000
+SCREEN_COLUMNS = ["drug", "concentration", "method", "n_plates", "n_cells", "mean_average_precision", "p_value",
+                  "q_value", "is_hit"]
+
+
+def normalize_per_plate(meta: pd.DataFrame, feats: np.ndarray, control: str = "DMSO") -> np.ndarray:
+    """Z-score each plate's rows to that plate's control cells."""
+    x = np.asarray(feats, dtype=np.float64).copy()
+    plates = meta["plate_id"].to_numpy(dtype=object)
+    ctrl = meta["drug"].to_numpy(dtype=object) == control
+    for p in pd.unique(plates):
+        sel = plates == p
+        if int((sel & ctrl).sum()) < 2:
+            n = int((sel & ctrl).sum())
+            raise ValueError(f"plate {p!r}: need at least 2 {control!r} cells to normalise, got {n}")
+        x[sel] = normalize_to_controls(x[sel], ctrl[sel])
+    return x
+
+
+def _codes(values: np.ndarray) -> np.ndarray:
+    _, inv = np.unique(values.astype(str), return_inverse=True)
+    return inv.astype(np.int64)
+
+
+def _pooled_map(treat: np.ndarray, plates: np.ndarray, x: np.ndarray, control: str, cross_plate: bool,
+                null_size: int, seed: int) -> pd.DataFrame:
+    """copairs mAP per treatment against the pooled controls (positives on other plates when cross_plate)."""
+    is_ctrl = treat == control
+    names = list(pd.unique(treat[~is_ctrl]))
+    code_of = {t: i + 1 for i, t in enumerate(names)}
+    codes = np.array([0 if c else code_of[t] for t, c in zip(treat, is_ctrl, strict=True)], dtype=np.int64)
+    ref = np.where(is_ctrl, np.arange(len(treat)), -1).astype(np.int64)
+    cmeta = pd.DataFrame({"treat": codes, "ref_index": ref, "plate": _codes(plates)})
+    ap = average_precision(
+        cmeta, x, pos_sameby=["treat", "ref_index"], pos_diffby=["plate"] if cross_plate else [],
+        neg_sameby=[], neg_diffby=["treat", "ref_index"], distance="cosine", progress_bar=False,
+    )
+    with tempfile.TemporaryDirectory(prefix="copairs_null_") as cache_dir:
+        maps = mean_average_precision(ap, sameby=["treat"], null_size=null_size, threshold=0.05, seed=seed,
+                                      progress_bar=False, cache_dir=cache_dir)
+    maps = maps.set_index("treat").reindex([code_of[t] for t in names])
+    return pd.DataFrame({"treatment": names, "mean_average_precision": maps["mean_average_precision"].to_numpy(float),
+                         "p_value": maps["p_value"].to_numpy(float)})
+
+
+def screen_map_qvalues(meta: pd.DataFrame, feats: np.ndarray, control: str = "DMSO",
+                       null_size: int = SCREEN_NULL_SIZE, threshold: float = 0.05, seed: int = 0,
+                       normalize: bool = True) -> pd.DataFrame:
+    """mAP, p and BH q of every drug x concentration of one screen from cells of all its plates.
+
+    ``meta``: one row per cell with ``cell_id``, ``plate_id``, ``drug`` and optionally ``concentration``;
+    ``feats``: the cells' features in one space shared by every plate.
+    """
+    for col in ("cell_id", "plate_id", "drug"):
+        if col not in meta.columns:
+            raise ValueError(f"meta lacks column {col!r}; needs cell_id, plate_id, drug (and concentration)")
+    x = np.asarray(feats, dtype=np.float64)
+    if x.ndim != 2 or len(meta) != len(x):
+        raise ValueError(f"feats must be [cells, features] aligned with meta ({len(meta)} rows), got {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("feats contain NaN or inf")
+    meta = meta.reset_index(drop=True)
+    if normalize:
+        x = normalize_per_plate(meta, x, control)
+    treat, conc_of = treatment_keys(meta, control)
+    plates = meta["plate_id"].to_numpy(dtype=object)
+    is_ctrl = treat == control
+    n_plates = {t: len(set(plates[treat == t])) for t in pd.unique(treat[~is_ctrl])}
+    n_cells = {t: int((treat == t).sum()) for t in n_plates}
+    too_few = [t for t, n in n_cells.items() if n < 2]
+    if too_few:
+        raise ValueError(f"treatments {too_few[:5]} have fewer than 2 cells; mAP needs at least 2")
+    frames = []
+    for cross in (True, False):
+        chosen = {t for t, n in n_plates.items() if (n >= 2) == cross}
+        if not chosen:
+            continue
+        sel = is_ctrl | np.isin(treat, list(chosen))
+        res = _pooled_map(treat[sel], plates[sel], x[sel], control, cross, null_size, seed)
+        frames.append(res.assign(method="replicate_positives" if cross else "within_plate"))
+    if not frames:
+        return pd.DataFrame(columns=SCREEN_COLUMNS)
+    out = pd.concat(frames, ignore_index=True)
+    out["drug"] = out["treatment"].map(lambda t: conc_of[t][0])
+    out["concentration"] = out["treatment"].map(lambda t: conc_of[t][1]).astype(float)
+    out["n_plates"] = out["treatment"].map(n_plates).astype(int)
+    out["n_cells"] = out["treatment"].map(n_cells).astype(int)
+    out["q_value"] = benjamini_hochberg(out["p_value"].to_numpy(float))
+    out["is_hit"] = out["q_value"] < threshold
+    return out[SCREEN_COLUMNS].sort_values(["drug", "concentration"], ignore_index=True)
+
+
+def fisher_combine(plate_rows: pd.DataFrame, threshold: float = 0.05) -> pd.DataFrame:
+    """Combine per-plate results (``drug``, ``concentration``, ``plate_id``, ``n_cells``, ``mean_average_precision``,
+    ``p_value``) of one screen by Fisher's method, then BH over the screen's treatments."""
+    if plate_rows.empty:
+        return pd.DataFrame(columns=SCREEN_COLUMNS)
+    df = plate_rows.assign(concentration=pd.to_numeric(plate_rows["concentration"], errors="coerce"))
+    rows = []
+    for (drug, conc), g in df.groupby(["drug", "concentration"], dropna=False, sort=True):
+        p = np.clip(g["p_value"].to_numpy(float), 1e-300, 1.0)
+        stat = -2.0 * np.log(p).sum()
+        rows.append({"drug": drug, "concentration": conc, "method": "fisher",
+                     "n_plates": int(g["plate_id"].nunique()), "n_cells": int(g["n_cells"].sum()),
+                     "mean_average_precision": float(g["mean_average_precision"].mean()),
+                     "p_value": float(stats.chi2.sf(stat, 2 * len(p)))})
+    out = pd.DataFrame(rows)
+    out["q_value"] = benjamini_hochberg(out["p_value"].to_numpy(float))
+    out["is_hit"] = out["q_value"] < threshold
+    return out[SCREEN_COLUMNS]
