@@ -293,19 +293,28 @@ BENCHMARK_MODELS: dict[str, list[str]] = {
 
 def benchmark(
     wh: Warehouse, tm: TrainedModel, dataset: str, partition: str, n_rotations: int = 8, seed: int = 0,
-    emissions: bool = True, items: list | None = None,
+    emissions: bool = True, items: list | None = None, sampling: SamplingConfig | None = None,
 ) -> pd.DataFrame:
     """Every benchmark metric of one model version on a data set (``cellrep_core.metrics.benchmark``),
     written to ``benchmark_metrics`` (replacing that model version's rows for the data set). ``items``: the
-    partition's clouds when the caller has read them already."""
+    partition's clouds when the caller has read them already; ``sampling``: the config the clouds were
+    sampled with (default: ``pointclouds``'), used again on turned cells for the end-to-end invariance."""
+    from cellrep_core.metrics.end_to_end import cached_turned_clouds, pick_cells
+
     lin = read_lineage(tm.path)
     if items is None:
         items = read_pointclouds(paths.pointcloud_path(dataset, partition))
     model = load_model(tm.path)
     features = wh.query("SELECT * FROM handcrafted_features WHERE dataset = ?", [dataset])
+    cells = cells_of_dataset(wh, dataset)
+    stored = {it.cell_id for it in items}
+    held = [c for c in lin.get("val_cells") or [] if c in stored] or sorted(stored)
+    # a few held-out cells turned and sampled again (the same cells and clouds for every model of the data set)
+    turned = cached_turned_clouds(cells[cells.cell_id.isin(pick_cells(held, seed=seed))],
+                                  sampling or SamplingConfig(), seed=seed) if len(cells) else None
     df = benchmark_model(
-        model, items, lin.get("val_cells") or [], cells_of_dataset(wh, dataset), features,
-        lin.get("metrics", {}), n_rotations=n_rotations, seed=seed, emissions=emissions,
+        model, items, lin.get("val_cells") or [], cells, features,
+        lin.get("metrics", {}), n_rotations=n_rotations, seed=seed, emissions=emissions, turned=turned,
     ).assign(model=tm.name, model_version=tm.version, dataset=dataset)
     df = df[["model", "model_version", "dataset", "metric", "value", "std", "n", "note"]]
     wh.replace("benchmark_metrics", df, {"model_version": tm.version, "dataset": dataset})

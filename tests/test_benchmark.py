@@ -213,12 +213,13 @@ def test_benchmark_model_has_every_metric_with_null_reasons():
                           "surface_area": np.arange(24.0), "mean_piece_distance": 0.0})
     df = benchmark_model(model, items, [f"c{i:02d}" for i in range(8)], cells, feats, None, n_rotations=2,
                          n_pairs=6, emissions=False)
-    assert df.metric.is_unique and len(df) == 22
+    assert df.metric.is_unique and len(df) == 24
     null = df[df.value.isna()].set_index("metric")["note"]
     assert set(null.index) == {
         "emissions_g_co2eq_per_cell", "train_seconds", "classification_top1_structure",
         "classification_top2_structure", "classification_top1_cell_cycle_stage",
-        "classification_top2_cell_cycle_stage", "regression_r2_mean_piece_distance"}
+        "classification_top2_cell_cycle_stage", "regression_r2_mean_piece_distance",
+        "rotation_invariance_error_end_to_end", "rotation_invariance_error_end_to_end_noise_floor"}
     assert (null.str.len() > 5).all()
     assert "constant" in null["regression_r2_mean_piece_distance"]
     v = df.set_index("metric")["value"]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+from scipy.spatial.distance import pdist
 from sklearn.linear_model import LogisticRegression, RidgeCV
 from sklearn.model_selection import RepeatedKFold, StratifiedKFold, cross_val_score
 from sklearn.neighbors import NearestNeighbors
@@ -22,10 +23,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch.utils.data import default_collate
 
+from cellrep_core.metrics.end_to_end import TurnedClouds, end_to_end_invariance
 from cellrep_core.metrics.rotation import random_rotations, rotation_invariance_error, z90_rotations
 from cellrep_core.models.data import CloudItem
 from cellrep_core.models.train import EMBED_DRAWS, device_accelerator, embed_items, embed_points
-from cellrep_core.models.zoo import make_dataset, model_inputs
+from cellrep_core.models.zoo import make_dataset, model_inputs, n_draws
 
 COLUMNS = ["metric", "value", "std", "n", "note"]
 INTERPOLATION_STEPS = tuple(np.round(np.arange(0.1, 1.0, 0.1), 1))
@@ -44,6 +46,8 @@ HIGHER_IS_BETTER = {
     "rotation_invariance_error": False,
     "rotation_invariance_error_z90": False,
     "rotation_invariance_error_spread": False,
+    "rotation_invariance_error_end_to_end": False,
+    "rotation_invariance_error_end_to_end_noise_floor": False,
     "intrinsic_dimension": False,
     "classification_top1_": True,
     "classification_top2_": True,
@@ -51,10 +55,10 @@ HIGHER_IS_BETTER = {
     "train_seconds": False,
     "input_seconds_per_cell": False,
 }
-# Informational rows left out of scores and plots: training cost depends on epochs and reuse, and input
+# Informational rows left out of scores and plots: training cost depends on epochs and reuse, input
 # preparation (rendering an image, drawing a point subset) on where the data set's inputs are stored, not on
-# the model.
-NOT_SCORED = ("train_seconds", "input_seconds_per_cell")
+# the model, and the end-to-end noise floor is the yardstick of the end-to-end invariance error, not a quality.
+NOT_SCORED = ("train_seconds", "input_seconds_per_cell", "rotation_invariance_error_end_to_end_noise_floor")
 # Grid carbon intensity and power used when codecarbon cannot run (declared, not measured).
 DECLARED_CPU_WATTS = 65.0
 DECLARED_KG_CO2_PER_KWH = 0.4
@@ -335,10 +339,13 @@ def benchmark_model(
     seed: int = 0,
     draws: int = EMBED_DRAWS,
     emissions: bool = True,
+    turned: TurnedClouds | None = None,
 ) -> pd.DataFrame:
     """Every benchmark metric of ``model`` on a data set: ``items`` all cells, ``held_out`` the cell ids the
     model did not train on (reconstruction, interpolation, rotation invariance), ``cells`` the data set's
-    rows of the ``cells`` table (labels), ``features`` its hand-crafted features (regression targets)."""
+    rows of the ``cells`` table (labels), ``features`` its hand-crafted features (regression targets),
+    ``turned`` a few held-out cells sampled again from their turned images (``metrics/end_to_end.py``;
+    None: the end-to-end rows are NULL)."""
     cfg = model.cfg
     model.eval()
     rows: list[dict] = []
@@ -422,6 +429,8 @@ def benchmark_model(
                             f"({r['code_spread']:.3g}), {what_rot}, {test_note}" if ok
                             else "fewer than two distinct held-out codes"))
 
+    rows += end_to_end_rows(model, turned, zt, draws, test_note)
+
     # compactness
     k1, k2 = compactness_k(len(z))
     try:
@@ -434,6 +443,39 @@ def benchmark_model(
     rows += label_rows(z, ids, cells, seed)
     rows += regression_rows(z, ids, features, cells, seed)
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def end_to_end_rows(model, turned: TurnedClouds | None, z_test: np.ndarray, draws: int, test_note: str) -> list[dict]:
+    """``rotation_invariance_error_end_to_end`` and its noise floor: codes of cells turned before sampling,
+    and of the same cells sampled again unturned, against the codes of the cells as stored, over the mean
+    distance between two held-out cells' codes ``z_test`` (``metrics/end_to_end.py``)."""
+    names = ("rotation_invariance_error_end_to_end", "rotation_invariance_error_end_to_end_noise_floor")
+    if turned is None:
+        return [row(n, None, note="no cell images given to turn (pipeline.benchmark passes the data set's "
+                                  "cells and sampling config)") for n in names]
+    spread = float(pdist(np.asarray(z_test, np.float64)).mean()) if len(z_test) >= 2 else 0.0
+    r = end_to_end_invariance(model, turned, spread, draws=draws)
+    if not r["n"] or not np.isfinite(r["e2e_spread"]):
+        why = "; ".join(f"{k}: {v}" for k, v in list(turned.failed.items())[:3]) or "no cell"
+        reason = ("fewer than two distinct held-out codes" if r["n"] and spread <= 0
+                  else f"the pipeline sampled no turned cell ({why})")
+        return [row(n, None, note=reason) for n in names]
+    n_cells, n_rot = len(turned.cell_ids), len(turned.turned)
+    failed = f"; {len(turned.failed)} runs refused by the pipeline" if turned.failed else ""
+    draw = f"{n_draws(model.cfg, draws)} input draws"
+    ratio = r["e2e_spread"] / r["floor_spread"] if r["floor_spread"] > 0 else float("inf")
+    e2e_note = (f"cells turned before sampling (images and masks padded, rotated, resampled trilinearly), "
+                f"sampled and embedded again ({draw}): ‖z_turned − z‖ / mean distance between two held-out "
+                f"cells' codes ({spread:.3g}); ratio form {r['e2e_ratio']:.3g} ± {r['e2e_ratio_std']:.2g}; "
+                f"{ratio:.2f}× the noise floor ({r['floor_spread']:.3g}); resampling the unturned image by a "
+                f"sub-voxel shift alone: {r['resampling_spread']:.3g} (ratio form {r['resampling_ratio']:.3g}); "
+                f"{n_cells} cells of {test_note} × {n_rot} random rotations{failed}")
+    floor_note = (f"the same unturned cells sampled and embedded again with other seeds (point draws, "
+                  f"{draw}): ‖z_repeat − z‖ / mean distance between two held-out cells' codes; ratio form "
+                  f"{r['floor_ratio']:.3g} ± {r['floor_ratio_std']:.2g}; {n_cells} cells × {n_rot} runs "
+                  "(not scored: the yardstick of the end-to-end error)")
+    return [row(names[0], r["e2e_spread"], r["e2e_spread_std"], r["n"], e2e_note),
+            row(names[1], r["floor_spread"], r["floor_spread_std"], r["n"], floor_note)]
 
 
 def label_rows(z: np.ndarray, ids: list[str], cells: pd.DataFrame, seed: int = 0) -> list[dict]:
