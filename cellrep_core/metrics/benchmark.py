@@ -463,11 +463,12 @@ def end_to_end_rows(model, turned: TurnedClouds | None, z_test: np.ndarray, draw
     n_cells, n_rot = len(turned.cell_ids), len(turned.turned)
     failed = f"; {len(turned.failed)} runs refused by the pipeline" if turned.failed else ""
     draw = f"{n_draws(model.cfg, draws)} input draws"
-    ratio = r["e2e_spread"] / r["floor_spread"] if r["floor_spread"] > 0 else float("inf")
+    vs_floor = (f"{r['e2e_spread'] / r['floor_spread']:.2f}× the noise floor ({r['floor_spread']:.3g})"
+                if r["floor_spread"] > 0 else "noise floor 0 (the model's input does not depend on the seeds)")
     e2e_note = (f"cells turned before sampling (images and masks padded, rotated, resampled trilinearly), "
                 f"sampled and embedded again ({draw}): ‖z_turned − z‖ / mean distance between two held-out "
                 f"cells' codes ({spread:.3g}); ratio form {r['e2e_ratio']:.3g} ± {r['e2e_ratio_std']:.2g}; "
-                f"{ratio:.2f}× the noise floor ({r['floor_spread']:.3g}); resampling the unturned image by a "
+                f"{vs_floor}; resampling the unturned image by a "
                 f"sub-voxel shift alone: {r['resampling_spread']:.3g} (ratio form {r['resampling_ratio']:.3g}); "
                 f"{n_cells} cells of {test_note} × {n_rot} random rotations{failed}")
     floor_note = (f"the same unturned cells sampled and embedded again with other seeds (point draws, "
