@@ -171,14 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
 def write_synthetic_screen(screen_id: str, seed: int = 0, drugs: list[str] | None = None,
                            concentrations: tuple[float, ...] = (0.3, 1.0, 3.0), replicates: int = 2,
                            n_per_well: int = 12, n_dmso_wells: int = 6, nuisance: bool = True,
-                           out: Path | None = None) -> list[Path]:
+                           out: Path | None = None, n_bad: int = 0) -> list[Path]:
     """Write a synthetic screen's replicate plates (each folder's manifest last, so each is picked up whole)."""
     from cellrep_core.data import screen
 
     specs = [screen.Drug.parse(d) for d in drugs] if drugs else [screen.Drug(n, e) for n, e in
                                                                  screen.DEFAULT_SCREEN_DRUGS]
     spec = screen.ScreenSpec(screen_id, seed, specs, tuple(concentrations), replicates, n_per_well, n_dmso_wells,
-                             nuisance=screen.Nuisance() if nuisance else screen.Nuisance.off())
+                             nuisance=screen.Nuisance() if nuisance else screen.Nuisance.off(), n_bad=n_bad)
     return screen.generate_screen(spec, Path(out) if out else paths.landing_plates_dir())
 
 

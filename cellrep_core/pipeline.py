@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from cellrep_core import paths
@@ -28,6 +29,7 @@ from cellrep_core.models.train import (
 from cellrep_core.pointclouds.build import SamplingConfig, build_pointclouds, read_pointclouds
 from cellrep_core.profiling.features import HANDCRAFTED_FEATURES
 from cellrep_core.profiling.mapping import drug_map_qvalues
+from cellrep_core.profiling.screen import SCREEN_NULL_SIZE, fisher_combine, screen_map_qvalues
 from cellrep_core.store.feature_store import FeatureStore
 from cellrep_core.store.warehouse import Warehouse
 
@@ -355,27 +357,62 @@ def benchmark_dataset(
     return {"versions": versions, "missing": missing, "table": table, "reports": reports}
 
 
+TRUTH_COLUMNS = ["plate_id", "drug", "planted_effect", "concentration", "strength"]
+
+
 def write_truth(wh: Warehouse, plate_dir: Path, plate_id: str) -> int:
-    """Copy a synthetic plate's planted effects into ``drug_truth`` (none for real plates)."""
+    """Copy a synthetic plate's planted effects into ``drug_truth`` (per drug, or per drug and concentration for
+    a screen plate) and, where the plate has one, every cell's truth into ``cell_truth`` (none for real plates)."""
     f = Path(plate_dir) / "drug_truth.csv"
-    df = (
-        pd.read_csv(f, dtype=str)
-        if f.exists()
-        else pd.DataFrame(columns=["plate_id", "drug", "planted_effect"])
-    )
-    df = df.assign(plate_id=plate_id)[["plate_id", "drug", "planted_effect"]]
-    return wh.replace("drug_truth", df, {"plate_id": plate_id})
+    df = pd.read_csv(f, dtype={"plate_id": str, "drug": str, "planted_effect": str}) if f.exists() else pd.DataFrame()
+    for col in TRUTH_COLUMNS:
+        if col not in df.columns:
+            df[col] = pd.Series(dtype=float) if col in ("concentration", "strength") else pd.Series(dtype=str)
+    df = df.assign(plate_id=plate_id)[TRUTH_COLUMNS]
+    cf = Path(plate_dir) / "cell_truth.csv"
+    cells = pd.read_csv(cf, dtype={"cell_id": str, "plate_id": str, "well": str, "drug": str, "effect": str}) \
+        if cf.exists() else None
+    cells = cells.assign(plate_id=plate_id) if cells is not None else pd.DataFrame()
+    wh.replace_many([("drug_truth", df, {"plate_id": plate_id}), ("cell_truth", cells, {"plate_id": plate_id})])
+    return len(df)
 
 
-QVALUE_COLUMNS = ["plate_id", "drug", "model_version", "feature_set", "n_cells", "mean_average_precision",
-                  "p_value", "q_value", "is_hit"]
+def plate_screen_id(plate_dir: Path) -> str | None:
+    """The screen a plate belongs to: the manifest's ``screen_id`` column (one value per plate), else none."""
+    from cellrep_core.data.cells import read_manifest
+
+    df = read_manifest(Path(plate_dir) / "manifest.csv")
+    if "screen_id" not in df.columns:
+        return None
+    ids = sorted({str(v).strip() for v in df["screen_id"] if str(v).strip() not in ("", "nan")})
+    if len(ids) > 1:
+        raise ValueError(f"{plate_dir}/manifest.csv names several screens {ids}; a plate belongs to one screen")
+    return ids[0] if ids else None
+
+
+QVALUE_COLUMNS = ["plate_id", "drug", "concentration", "model_version", "feature_set", "n_cells",
+                  "mean_average_precision", "p_value", "q_value", "is_hit"]
 
 
 def _plate_qvalues(wh: Warehouse, fs: FeatureStore, plate_id: str, model_versions: list[str], null_size: int,
                    seed: int) -> pd.DataFrame:
     """mAP / q-values of a plate's drugs for each model version's embeddings and the hand-crafted baseline."""
+    sets = plate_feature_sets(wh, fs, plate_id, model_versions)
+    out = []
+    for feature_set, version, meta, feats in sets:
+        res = drug_map_qvalues(meta.reset_index(drop=True), feats, control=CONTROL, null_size=null_size, seed=seed)
+        out.append(res.assign(model_version=version, feature_set=feature_set))
+    return pd.concat(out, ignore_index=True)[QVALUE_COLUMNS]
+
+
+def plate_feature_sets(wh: Warehouse, fs: FeatureStore, plate_id: str, model_versions: list[str],
+                       paths_of: dict[str, Path] | None = None) -> list[tuple[str, str, pd.DataFrame, np.ndarray]]:
+    """``(feature_set, model_version, meta, features)`` of a plate: each model version's whitened codes and the
+    hand-crafted features; ``meta`` has cell_id, plate_id, drug, concentration. ``paths_of`` gives the folder of
+    a model version that is not in the ``models`` table (the benchmark's other model families)."""
+    conc = wh.query("SELECT cell_id, concentration FROM cells WHERE plate_id = ?", [plate_id])
     hc = wh.query(
-        "SELECT h.*, c.drug FROM handcrafted_features h JOIN cells c USING (cell_id) "
+        "SELECT h.*, c.drug, c.concentration FROM handcrafted_features h JOIN cells c USING (cell_id) "
         "WHERE h.plate_id = ? ORDER BY cell_id",
         [plate_id],
     )
@@ -384,15 +421,12 @@ def _plate_qvalues(wh: Warehouse, fs: FeatureStore, plate_id: str, model_version
         emb_meta, vecs = fs.load({"plate_id": plate_id, "model_version": version})
         if emb_meta.empty:
             raise LookupError(f"no embeddings for plate {plate_id} with model {version}; embed the plate first")
-        whitening = load_whitening(model_by_version(wh, version).path)
-        sets.append(("embedding", version, emb_meta[["cell_id", "plate_id", "drug"]], whitening.transform(vecs)))
-    hc_feats = hc[list(HANDCRAFTED_FEATURES)].to_numpy(float)
-    sets.append(("handcrafted", "", hc[["cell_id", "plate_id", "drug"]], hc_feats))
-    out = []
-    for feature_set, version, meta, feats in sets:
-        res = drug_map_qvalues(meta.reset_index(drop=True), feats, control=CONTROL, null_size=null_size, seed=seed)
-        out.append(res.assign(model_version=version, feature_set=feature_set))
-    return pd.concat(out, ignore_index=True)[QVALUE_COLUMNS]
+        path = (paths_of or {}).get(version) or model_by_version(wh, version).path
+        meta = emb_meta[["cell_id", "plate_id", "drug"]].merge(conc, on="cell_id", how="left")
+        sets.append(("embedding", version, meta, load_whitening(path).transform(vecs)))
+    sets.append(("handcrafted", "", hc[["cell_id", "plate_id", "drug", "concentration"]],
+                 hc[list(HANDCRAFTED_FEATURES)].to_numpy(float)))
+    return sets
 
 
 def profile_plate_models(
@@ -410,3 +444,89 @@ def profile_plate_models(
 def default_model_config(dataset: str, **overrides: object) -> ModelConfig:
     """The registered config a reference data set trains with."""
     return get_config(REFERENCE[dataset].model, **overrides)
+
+
+SCREEN_COLUMNS = ["screen_id", "drug", "concentration", "feature_set", "model_role", "model_version", "method",
+                  "n_plates", "n_cells", "mean_average_precision", "p_value", "q_value", "is_hit", "null_size"]
+
+
+def screens(wh: Warehouse) -> dict[str, list[str]]:
+    """Every screen and its plates (those registered with a ``screen_id``)."""
+    df = wh.query("SELECT screen_id, plate_id FROM plates WHERE screen_id IS NOT NULL AND screen_id <> '' "
+                  "ORDER BY screen_id, plate_id")
+    return {s: list(g.plate_id) for s, g in df.groupby("screen_id", sort=True)}
+
+
+def profile_screen(wh: Warehouse, fs: FeatureStore, screen_id: str, null_size: int = SCREEN_NULL_SIZE,
+                   seed: int = 0) -> pd.DataFrame:
+    """Screen-level mAP / q of every drug x concentration over the screen's replicate plates
+    (``cellrep_core.profiling.screen``), for the base model (zero-shot), the plates' fine-tuned models and the
+    hand-crafted features; replaces the screen's rows of ``screen_qvalues`` in one transaction.
+
+    The base model's codes and the hand-crafted features are pooled over plates (per-plate DMSO normalisation,
+    positives on the other plates); each plate's fine-tuned model has a space of its own, so those per-plate
+    p-values (``drug_qvalues``) are combined by Fisher's method. When the plates were embedded by different
+    base versions (the base was retrained between plates) the base rows are combined the same way."""
+    plates = screens(wh).get(screen_id)
+    if not plates:
+        raise LookupError(f"no plate registered for screen {screen_id!r}; land its plates first")
+    pairs = {pid: plate_models(wh, pid) for pid in plates}
+    plate_rows = wh.query(
+        f"SELECT * FROM drug_qvalues WHERE plate_id IN ({', '.join('?' * len(plates))})", plates)
+    missing = [p for p in plates if p not in set(plate_rows.plate_id)]
+    if missing:
+        raise LookupError(f"screen {screen_id}: plates {missing} have no q-values yet; materialize plate_qvalues")
+    frames = []
+
+    def pooled(role: str, version: str, feature_set: str) -> None:
+        metas, feats = [], []
+        for pid in plates:
+            for fset, v, meta, x in plate_feature_sets(wh, fs, pid, [version] if feature_set == "embedding" else []):
+                if fset == feature_set and v == (version if feature_set == "embedding" else ""):
+                    metas.append(meta)
+                    feats.append(x)
+        res = screen_map_qvalues(pd.concat(metas, ignore_index=True), np.concatenate(feats), control=CONTROL,
+                                 null_size=null_size, seed=seed)
+        frames.append(res.assign(feature_set=feature_set, model_role=role, model_version=version))
+
+    def combined(role: str, versions: dict[str, str], feature_set: str) -> None:
+        rows = pd.concat([plate_rows[(plate_rows.plate_id == pid) & (plate_rows.feature_set == feature_set)
+                                     & (plate_rows.model_version == v)] for pid, v in versions.items()])
+        res = fisher_combine(rows)
+        label = next(iter(set(versions.values()))) if len(set(versions.values())) == 1 else "per_plate"
+        frames.append(res.assign(feature_set=feature_set, model_role=role, model_version=label))
+
+    base_versions = {pid: b.version for pid, (b, _) in pairs.items()}
+    if len(set(base_versions.values())) == 1:
+        pooled("base", next(iter(base_versions.values())), "embedding")
+    else:
+        combined("base", base_versions, "embedding")
+    combined("finetuned", {pid: ft.version for pid, (_, ft) in pairs.items()}, "embedding")
+    pooled("handcrafted", "", "handcrafted")
+    out = pd.concat(frames, ignore_index=True).assign(screen_id=screen_id, null_size=null_size)
+    out = out[SCREEN_COLUMNS]
+    wh.replace("screen_qvalues", out, {"screen_id": screen_id})
+    return out
+
+
+def screen_reports(wh: Warehouse, screen_id: str) -> dict[str, Path]:
+    """The screen's plots under ``reports/screens/<screen_id>/``: 1/q per drug and feature set
+    (``inverse_q.png``), mAP against dose (``dose_response.png``), and the table as ``screen_qvalues.csv``."""
+    from cellrep_core.profiling.plots import dose_response_plot, inverse_q_plot
+
+    df = wh.query(
+        "SELECT s.*, t.planted_effect, t.strength FROM screen_qvalues s LEFT JOIN ("
+        "  SELECT drug, concentration, any_value(planted_effect) AS planted_effect, avg(strength) AS strength"
+        "  FROM drug_truth WHERE plate_id IN (SELECT plate_id FROM plates WHERE screen_id = ?)"
+        "  GROUP BY ALL) t ON t.drug = s.drug AND t.concentration IS NOT DISTINCT FROM s.concentration "
+        "WHERE s.screen_id = ? ORDER BY s.drug, s.concentration, s.model_role",
+        [screen_id, screen_id],
+    )
+    out = paths.screen_reports_dir(screen_id)
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "screen_qvalues.csv", index=False)
+    return {
+        "inverse_q": inverse_q_plot(df, out / "inverse_q.png", f"screen {screen_id}: 1/q per drug and feature set"),
+        "dose_response": dose_response_plot(df, out / "dose_response.png", f"screen {screen_id}: mAP against dose"),
+        "table": out / "screen_qvalues.csv",
+    }

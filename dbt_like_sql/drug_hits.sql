@@ -1,7 +1,8 @@
--- Drug hits across plates, feature sets and models (base / fine-tuned), next to the planted effect (synthetic plates).
+-- Drug hits (per drug and concentration) across plates, feature sets and models (base / fine-tuned), next to the planted effect (synthetic plates).
 select
     q.plate_id,
     q.drug,
+    q.concentration,
     q.feature_set,
     q.model_version,
     case
@@ -16,6 +17,6 @@ select
     coalesce(t.planted_effect, 'unknown') as planted_effect
 from drug_qvalues as q
 left join drug_truth as t
-    on t.plate_id = q.plate_id and t.drug = q.drug
+    on t.plate_id = q.plate_id and t.drug = q.drug and coalesce(t.concentration, -1) = coalesce(q.concentration, -1)
 left join models as m on m.model_version = q.model_version
-order by q.plate_id, q.feature_set, model_role, q.q_value, q.drug
+order by q.plate_id, q.feature_set, model_role, q.q_value, q.drug, q.concentration

@@ -1,4 +1,4 @@
--- Per plate and drug: the zero-shot base model, the plate's fine-tuned model and the hand-crafted baseline
+-- Per plate, drug and concentration: the zero-shot base model, the plate's fine-tuned model and the hand-crafted baseline
 -- side by side (mAP vs DMSO, q-value, hit), next to the planted effect (synthetic plates).
 with q as (
     select
@@ -14,6 +14,7 @@ with q as (
 select
     q.plate_id,
     q.drug,
+    q.concentration,
     coalesce(any_value(t.planted_effect), 'unknown') as planted_effect,
     max(q.model_version) filter (where q.model_role = 'base') as base_version,
     round(max(q.mean_average_precision) filter (where q.model_role = 'base'), 4) as base_map,
@@ -27,6 +28,7 @@ select
     max(q.q_value) filter (where q.model_role = 'handcrafted') as handcrafted_q,
     bool_or(q.is_hit) filter (where q.model_role = 'handcrafted') as handcrafted_hit
 from q
-left join drug_truth as t on t.plate_id = q.plate_id and t.drug = q.drug
-group by q.plate_id, q.drug
-order by q.plate_id, q.drug
+left join drug_truth as t
+    on t.plate_id = q.plate_id and t.drug = q.drug and coalesce(t.concentration, -1) = coalesce(q.concentration, -1)
+group by q.plate_id, q.drug, q.concentration
+order by q.plate_id, q.drug, q.concentration

@@ -12,7 +12,10 @@ from cellrep_core import paths
 from cellrep_core.pipeline import BENCHMARK_MODELS
 
 LOG_LEVEL = os.environ.get("CELLREP_LOG_LEVEL", "WARNING")
-DEMO_PLATES = {"plate_01": 101, "plate_02": 202}
+# The demo screen: two replicate plates, every effect of the screen simulator and three null drugs at three
+# concentrations (µM), 8 cells a well, DMSO in 6 wells (2 on the edge), the nuisance on, 2 bad cells a plate.
+DEMO_SCREEN = {"screen_id": "demo", "seed": 101, "concentrations": (0.3, 1.0, 3.0), "replicates": 2,
+               "n_per_well": 8, "n_dmso_wells": 6, "n_bad": 2}
 
 DAGSTER_YAML = """\
 # cellrep's Dagster instance: the training pool "gpu" runs one step at a time.
@@ -94,19 +97,22 @@ def register_landing_plates(inst: dg.DagsterInstance) -> list[str]:
     return found
 
 
-def run_demo(plates: dict[str, int] | None = None, null_size: int = 10000, quick: bool = False) -> None:
-    """Generate the data, materialize every asset (reference, each plate, SQL models), print the hits."""
-    from cellrep_core.cli import write_synthetic_plate
+def run_demo(null_size: int = 10000, screen_null_size: int = 100_000, quick: bool = False,
+             screen: dict | None = None) -> None:
+    """Generate the data, materialize every asset (reference, each plate of the demo screen, the screen's
+    q-values, SQL models), print the hits."""
+    from cellrep_core.cli import write_synthetic_screen
     from cellrep_core.store.warehouse import Warehouse
 
     t0 = time.perf_counter()
-    plates = plates or DEMO_PLATES
+    screen = {**DEMO_SCREEN, **(screen or {})}
     inst = instance()
     print(f"cellrep demo: CELLREP_HOME={paths.cellrep_home()}  DAGSTER_HOME={os.environ['DAGSTER_HOME']}")
-    for pid, seed in plates.items():
-        if not (paths.landing_plates_dir() / pid / "manifest.csv").exists():
-            write_synthetic_plate(pid, seed=seed)
-            print(f"  wrote synthetic plate {pid} into {paths.landing_plates_dir() / pid}")
+    plate_ids = [f"{screen['screen_id']}_r{k + 1}" for k in range(screen["replicates"])]
+    if not all((paths.landing_plates_dir() / p / "manifest.csv").exists() for p in plate_ids):
+        write_synthetic_screen(**screen)
+        print(f"  wrote synthetic screen {screen['screen_id']} ({', '.join(plate_ids)}) into "
+              f"{paths.landing_plates_dir()}")
     register_landing_plates(inst)
     run_config = None
     if quick:
@@ -122,19 +128,29 @@ def run_demo(plates: dict[str, int] | None = None, null_size: int = 10000, quick
     print("  materializing reference assets (data, point clouds, base models, embeddings, benchmark) ...")
     _materialize(inst, dg.AssetSelection.groups("reference"), run_config=run_config)
     print(f"  ... done in {time.perf_counter() - t0:.0f} s")
-    for pid in plates:
+    for pid in plate_ids:
         t1 = time.perf_counter()
         _materialize(inst, dg.AssetSelection.groups("plates"), partition_key=pid,
                      run_config={"ops": {"plate_qvalues": {"config": {"null_size": null_size}}}})
-        print(f"  plate {pid}: cells, point clouds, embeddings, q-values in {time.perf_counter() - t1:.0f} s")
+        print(f"  plate {pid}: cells, point clouds, fine-tuned model, embeddings, q-values in "
+              f"{time.perf_counter() - t1:.0f} s")
+    t1 = time.perf_counter()
+    _materialize(inst, dg.AssetSelection.groups("screens"),
+                 run_config={"ops": {"screen_qvalues": {"config": {"null_size": screen_null_size}}}})
+    print(f"  screen {screen['screen_id']}: q-values over {len(plate_ids)} plates (null size {screen_null_size}) "
+          f"in {time.perf_counter() - t1:.0f} s; plots in {paths.screen_reports_dir(screen['screen_id'])}")
     _materialize(inst, dg.AssetSelection.groups("feature_store", "sql_models"))
     wh = Warehouse()
     hits = wh.query(
-        "SELECT plate_id, drug, planted_effect, feature_set, round(mean_average_precision, 3) AS mAP, "
-        "q_value, is_hit FROM drug_hits ORDER BY feature_set, plate_id, drug"
-    )
-    print("\nDrug hits (q < 0.05) per plate, learned embeddings vs hand-crafted baseline:")
+        "SELECT drug, planted_effect, concentration AS conc_uM, strength, model_role, round(mean_average_precision, "
+        "3) AS mAP, round(q_value, 4) AS q, is_hit FROM screen_hits WHERE screen_id = ? "
+        "ORDER BY drug, concentration, model_role", [screen["screen_id"]])
+    print(f"\nScreen {screen['screen_id']}: drug x concentration over {len(plate_ids)} replicate plates "
+          "(q < 0.05 is a hit), base model zero-shot, fine-tuned models and hand-crafted features:")
     print(hits.to_string(index=False))
+    print("\nDose response (mAP at 0.3 / 1 / 3 µM):")
+    print(wh.query("SELECT drug, planted_effect, model_role, map_by_dose, dose_rank_correlation FROM dose_response "
+                   "WHERE screen_id = ? ORDER BY drug, model_role", [screen["screen_id"]]).to_string(index=False))
     print("\nQuarantined cells:")
     print(wh.query("SELECT plate_id, n_cells, n_quarantined, reasons FROM plate_qc").to_string(index=False))
     print("\nBenchmark:")

@@ -6,18 +6,24 @@ import pytest
 
 from cellrep_core import paths
 from cellrep_core.cli import main as core_main
-from cellrep_core.cli import nearest_cells, run_sql, write_synthetic_plate
+from cellrep_core.cli import nearest_cells, run_sql
 from cellrep_core.store.feature_store import FeatureStore
 from cellrep_core.store.warehouse import Warehouse
 
-PLATES = {"pA": 5, "pB": 6}
+# a tiny screen: two replicate plates, two planted drugs and a null one at two concentrations, 4 cells a well,
+# DMSO in two wells, two bad cells a plate
+SCREEN = {"screen_id": "tiny", "seed": 5, "drugs": ["a=shrink", "b=fragment", "c=none"], "concentrations": (1.0, 3.0),
+          "n_per_well": 4, "n_dmso_wells": 2}
+PA, PB = "tiny_r1", "tiny_r2"
+N_PLATE = 3 * 2 * 4 + 2 * 4  # valid cells of a plate
 
 
 def _counts():
     wh = Warehouse()
     q = wh.query(
         "select (select count(*) from cells) cells, (select count(*) from drug_qvalues) q, "
-        "(select count(*) from quarantine) quarantine, (select count(*) from models) models"
+        "(select count(*) from quarantine) quarantine, (select count(*) from models) models, "
+        "(select count(*) from screen_qvalues) screen_q"
     ).iloc[0]
     return {**q.to_dict(), "embeddings": FeatureStore().count()}
 
@@ -31,11 +37,9 @@ def demo_home(tmp_path_factory):
     mp.setenv("DAGSTER_HOME", str(home / "dagster"))
     from orchestration.demo import run_demo
 
-    for pid, seed in PLATES.items():
-        write_synthetic_plate(pid, seed=seed, n_dmso=8, n_per_drug=5)
-    run_demo(plates=PLATES, null_size=500, quick=True)
+    run_demo(screen=SCREEN, null_size=500, screen_null_size=2000, quick=True)
     first = _counts()
-    run_demo(plates=PLATES, null_size=500, quick=True)
+    run_demo(screen=SCREEN, null_size=500, screen_null_size=2000, quick=True)
     second = _counts()
     yield home, first, second
     mp.undo()
@@ -44,11 +48,12 @@ def demo_home(tmp_path_factory):
 def test_rerun_leaves_same_row_counts(demo_home):
     _, first, second = demo_home
     assert first == second
-    # 24 polymorphic + 4x6 punctate reference cells, 2 plates of 8 DMSO + 6 drugs x 5 valid cells
-    assert first["cells"] == 24 + 24 + 2 * (8 + 30)
+    # 24 polymorphic + 4x6 punctate reference cells, 2 plates of 2 DMSO wells + 3 drugs x 2 doses, 4 cells a well
+    assert first["cells"] == 24 + 24 + 2 * N_PLATE
     # reference cells: the base model's codes; plate cells: zero-shot (base) and fine-tuned codes
-    assert first["embeddings"] == 24 + 24 + 2 * 2 * (8 + 30)
-    assert first["q"] == 2 * 6 * 3  # plates x drugs x (base, fine-tuned, hand-crafted)
+    assert first["embeddings"] == 24 + 24 + 2 * 2 * N_PLATE
+    assert first["q"] == 2 * 6 * 3  # plates x (drug, concentration) x (base, fine-tuned, hand-crafted)
+    assert first["screen_q"] == 6 * 3  # (drug, concentration) x (base, fine-tuned, hand-crafted) over both plates
     assert first["models"] == 2 + 2  # two base models, one fine-tuned model per plate
 
 
@@ -59,7 +64,7 @@ def test_bad_cells_quarantined_rest_processed(demo_home):
     assert all(r.source_path.endswith(".tiff") and r.source_path.split("/")[-1].split(".")[0] in r.detail
                or r.detail for r in q.itertuples())
     per_plate = wh.query("select plate_id, count(*) n from cells where dataset='drug_plates' group by 1 order by 1")
-    assert list(per_plate.n) == [38, 38]
+    assert list(per_plate.n) == [N_PLATE, N_PLATE]
 
 
 def test_rotation_invariance_stored_for_so3_models(demo_home):
@@ -77,7 +82,7 @@ def test_benchmark_every_metric_for_every_model_nulls_with_reasons(demo_home):
     per_model = b.groupby(["dataset", "model"]).metric.apply(set)
     assert {"punctate_tiny", "sdf_tiny"} <= set(b.model)
     assert len({frozenset(s) for s in per_model}) <= 2  # same metric set for every model of a data set
-    assert all(len(s) == 22 for s in per_model)
+    assert all(len(s) == 24 for s in per_model)
     assert {"sdf_segso3cnn_tiny", "sdf_segcnn_tiny"} <= set(b.model)  # the segmentation image models too
     for m in b.metric.unique():
         higher_is_better(m)  # every stored metric has a direction for the plots
@@ -115,16 +120,16 @@ def test_sql_is_read_only_and_sees_embeddings(demo_home):
 
 
 def test_nearest_filters_and_paths(demo_home):
-    cid = "pA_B02_000"
-    near = nearest_cells(cell_id=cid, k=5, filters={"plate_id": "pB"})
-    assert (near.plate_id == "pB").all() and cid not in set(near.cell_id)
+    cid = Warehouse().query("select min(cell_id) c from cells where plate_id = ?", [PA]).c[0]
+    near = nearest_cells(cell_id=cid, k=5, filters={"plate_id": PB})
+    assert (near.plate_id == PB).all() and cid not in set(near.cell_id)
     assert paths.warehouse_path().exists()
     with duckdb.connect(str(paths.warehouse_path()), read_only=True) as con:
         n = con.execute("select count(*) from drug_truth").fetchone()[0]
     assert n == 12
-    meta, vecs = FeatureStore().load({"plate_id": "pA"})
-    assert np.isfinite(vecs).all() and len(meta) == 2 * 38  # base and fine-tuned codes
-    assert meta.groupby("model_name").cell_id.nunique().to_dict() == {"sdf_tiny": 38, "sdf_tiny_ft": 38}
+    meta, vecs = FeatureStore().load({"plate_id": PA})
+    assert np.isfinite(vecs).all() and len(meta) == 2 * N_PLATE  # base and fine-tuned codes
+    assert meta.groupby("model_name").cell_id.nunique().to_dict() == {"sdf_tiny": N_PLATE, "sdf_tiny_ft": N_PLATE}
 
 
 def test_nearest_of_a_rotated_copy_is_the_cell_itself(demo_home, tmp_path):
@@ -133,8 +138,8 @@ def test_nearest_of_a_rotated_copy_is_the_cell_itself(demo_home, tmp_path):
 
     from cellrep_core.pointclouds.build import read_pointclouds
 
-    cid = Warehouse().query("select min(cell_id) c from cells where plate_id = 'pB' and drug <> 'DMSO'").c[0]
-    item = read_pointclouds(paths.pointcloud_path("drug_plates", "pB"), cell_ids=[cid])[0]
+    cid = Warehouse().query("select min(cell_id) c from cells where plate_id = ? and drug <> 'DMSO'", [PB]).c[0]
+    item = read_pointclouds(paths.pointcloud_path("drug_plates", PB), cell_ids=[cid])[0]
     rot = Rotation.random(random_state=3).as_matrix()
     np.save(tmp_path / f"{cid}.npy", item.points @ rot.T)  # same name: the same fixed draw of points
     near = nearest_cells(file=tmp_path / f"{cid}.npy", k=3, filters={"dataset": "drug_plates"})
@@ -155,3 +160,24 @@ def test_sql_as_of_reads_earlier_embeddings(demo_home):
     assert now > 0
     # before any embedding was written the table was empty
     assert run_sql("select count(*) n from cell_embeddings", as_of=datetime.utcnow() - timedelta(days=365)).n[0] == 0
+
+
+def test_screen_tables_carry_concentration_and_plots(demo_home):
+    home, _, _ = demo_home
+    wh = Warehouse()
+    s = wh.query("select * from screen_hits order by model_role, drug, concentration")
+    assert set(s.model_role) == {"base", "finetuned", "handcrafted"}
+    assert set(zip(s.drug, s.concentration, strict=True)) == {(d, c) for d in "abc" for c in (1.0, 3.0)}
+    assert (s.n_plates == 2).all() and (s.n_cells == 8).all()
+    assert set(s[s.model_role != "finetuned"].method) == {"replicate_positives"}
+    assert set(s[s.model_role == "finetuned"].method) == {"fisher"}
+    # the truth travels with it: strength rises with dose for the planted drugs, 0 for the null one
+    a = s[(s.drug == "a") & (s.model_role == "base")].sort_values("concentration")
+    assert a.planted_effect.tolist() == ["shrink"] * 2 and a.strength.is_monotonic_increasing
+    assert (s[s.drug == "c"].strength == 0).all()
+    d = wh.query("select * from dose_response")
+    assert len(d) == 3 * 3 and all(len(x) == 2 for x in d.map_by_dose)
+    h = wh.query("select distinct concentration from drug_hits where drug <> 'DMSO'")
+    assert set(h.concentration) == {1.0, 3.0}
+    for name in ("inverse_q.png", "dose_response.png"):
+        assert (home / "reports" / "screens" / "tiny" / name).stat().st_size > 5000

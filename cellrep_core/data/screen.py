@@ -76,6 +76,11 @@ DEFAULT_SCREEN_DRUGS: tuple[tuple[str, str], ...] = (
     ("cmpd_05", "flatten"), ("cmpd_06", "none"), ("cmpd_07", "none"), ("cmpd_08", "none"),
 )
 
+# Screens generated from seeds at or above this value are the held-out evaluation of ``make bench-screen``;
+# nothing else (defaults, the demo, tests, development) may use them, and ``ScreenSpec`` refuses them unless
+# it is marked as an evaluation screen.
+EVAL_SEED_START = 900_000
+
 SHRINK_AT_1 = 0.4
 EXTRA_PIECES_AT_1 = 5
 ELONGATION_SHIFT_AT_1 = 1.1
@@ -154,8 +159,15 @@ class ScreenSpec:
     ec50: float | None = None  # default: the middle concentration
     nuisance: Nuisance = field(default_factory=Nuisance)
     grid: int = 64
+    evaluation: bool = False
+    n_bad: int = 0  # extra DMSO cells per plate that must end in quarantine (empty mask, truncated TIFF)
 
     def __post_init__(self) -> None:
+        if self.seed >= EVAL_SEED_START and not self.evaluation:
+            raise ValueError(
+                f"seed {self.seed}: seeds from {EVAL_SEED_START} on are reserved for the held-out evaluation "
+                "(make bench-screen); use a smaller seed"
+            )
         if not self.drugs:
             raise ValueError("a screen needs at least one drug")
         names = [d.name for d in self.drugs]
@@ -300,20 +312,28 @@ def generate_screen(spec: ScreenSpec, out_root: Path) -> list[Path]:
         for d in spec.drugs:
             for c in spec.concentrations:
                 plan.append((d.name, d.effect, float(c), spec.strength(d, c), layout[(d.name, c)]))
-        for drug, effect, conc, strength, well in plan:
+        for j, (drug, effect, conc, strength, well) in enumerate(plan):
             edge = is_edge_well(well)
-            for i in range(spec.n_per_well):
+            n_bad = spec.n_bad if j == 0 else 0
+            for i in range(spec.n_per_well + n_bad):
                 cseed = cell_seed(spec.seed, k, _name_key(drug), _name_key(f"{conc:g}"), _name_key(well), i)
                 rng = np.random.default_rng(cseed)
                 nmask, smask, truth = screen_cell(rng, effect, strength, spec.nuisance, batch_factor, edge, spec.grid)
+                bad = (i - spec.n_per_well) % 2 if i >= spec.n_per_well else -1
+                if bad == 0:  # an empty structure segmentation
+                    smask = np.zeros_like(smask)
                 cell_id = f"{plate_id}_{well}_{i:03d}"
-                _write_cell_tiff(out / f"{cell_id}.tiff", np.stack([_to_u8(nmask), _to_u8(smask)]))
+                path = out / f"{cell_id}.tiff"
+                _write_cell_tiff(path, np.stack([_to_u8(nmask), _to_u8(smask)]))
+                if bad == 1:  # a TIFF truncated to half its bytes
+                    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
                 label = CONTROL_LABEL if drug == CONTROL_DRUG else effect
                 row = _row(cell_id, PLATES_DATASET, "polymorphic", "synthetic_nucleolus", label,
                            ("nucleus", "structure"), cseed, plate_id=plate_id, well=well, drug=drug)
                 rows.append({**row, "concentration": conc, "screen_id": spec.screen_id})
-                truth_rows.append({"cell_id": cell_id, "plate_id": plate_id, "well": well, "drug": drug,
-                                   "concentration": conc, "effect": effect, "strength": strength, **truth})
+                if bad < 0:
+                    truth_rows.append({"cell_id": cell_id, "plate_id": plate_id, "well": well, "drug": drug,
+                                       "concentration": conc, "effect": effect, "strength": strength, **truth})
         pd.DataFrame(truth_rows).to_csv(out / "cell_truth.csv", index=False)
         drug_truth = pd.DataFrame(
             [{"plate_id": plate_id, "drug": d.name, "concentration": float(c), "planted_effect": d.effect,
