@@ -53,19 +53,26 @@ class CloudDataset(Dataset):
         self.rng = np.random.default_rng(seed)
         self.grid = None
         self._near: dict[int, np.ndarray] = {}
+        self._inside: dict[int, np.ndarray] = {}
         if cfg.kind == "sdf":
             self.grid = query_grid(round(len(items[0].sdf) ** (1 / 3))) if items else None
 
     def _query_indices(self, i: int, rng: np.random.Generator) -> np.ndarray:
-        """Half of the queries near the surface (|sdf| below the clip), half uniform over the grid."""
+        """``sdf_inside_fraction`` of the queries inside (sdf < 0, with replacement when there are fewer
+        inside grid points), then half of the rest near the surface (|sdf| below the clip), half uniform
+        over the grid."""
         sdf = self.items[i].sdf
         n = min(self.cfg.n_query, len(sdf))
-        near = self._near[i] if i in self._near else self._near.setdefault(
-            i, np.flatnonzero(np.abs(sdf) < self.cfg.sdf_clip))
-        n_near = min(n // 2, len(near))
+        if i not in self._near:
+            self._near[i] = np.flatnonzero(np.abs(sdf) < self.cfg.sdf_clip)
+            self._inside[i] = np.flatnonzero(sdf < 0)
+        near, inside = self._near[i], self._inside[i]
+        n_in = int(round(self.cfg.sdf_inside_fraction * n)) if len(inside) else 0
+        picked_in = rng.choice(inside, size=n_in, replace=n_in > len(inside)) if n_in else np.zeros(0, np.int64)
+        n_near = min((n - n_in) // 2, len(near))
         picked = rng.choice(near, size=n_near, replace=False) if n_near else np.zeros(0, np.int64)
-        rest = rng.choice(len(sdf), size=n - n_near, replace=False)
-        return np.concatenate([picked, rest])
+        rest = rng.choice(len(sdf), size=n - n_in - n_near, replace=False)
+        return np.concatenate([picked_in, picked, rest])
 
     def __len__(self) -> int:
         return len(self.items)

@@ -53,10 +53,15 @@ def point_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor
     raise ValueError(f"unknown point-cloud loss {name!r}: use 'chamfer' or 'emd'")
 
 
-def sdf_l1(pred: torch.Tensor, target: torch.Tensor, clip: float) -> torch.Tensor:
-    """L1 between predictions and target signed distances clipped to ``[-clip, clip]``, per batch item.
+def sdf_l1(pred: torch.Tensor, target: torch.Tensor, clip: float, inside_weight: float = 1.0) -> torch.Tensor:
+    """L1 between predictions and target signed distances clipped to ``[-clip, clip]``, per batch item;
+    queries whose target is inside (negative) weigh ``inside_weight`` (weighted mean over the queries).
 
     Only the target is clipped: clipping the prediction too (as DeepSDF does) gives zero gradient wherever
     the untrained decoder starts outside the band, and training never leaves the constant solution.
     """
-    return (pred - target.clamp(-clip, clip)).abs().mean(dim=1)
+    err = (pred - target.clamp(-clip, clip)).abs()
+    if inside_weight == 1.0:
+        return err.mean(dim=1)
+    w = torch.where(target < 0, torch.as_tensor(inside_weight, dtype=err.dtype), torch.ones_like(err))
+    return (w * err).sum(dim=1) / w.sum(dim=1)

@@ -69,7 +69,7 @@ class PointCloudAutoencoder(L.LightningModule):
         enc = self.encoder(batch["points"])
         if self.cfg.kind == "punctate":
             return self.point_loss(self.decode_points(enc), batch["points"])
-        return sdf_l1(self.decode_sdf(enc, batch["query"]), batch["sdf"], self.cfg.sdf_clip)
+        return sdf_l1(self.decode_sdf(enc, batch["query"]), batch["sdf"], self.cfg.sdf_clip, self.cfg.sdf_inside_weight)
 
     def decode_sdf(self, enc: dict[str, torch.Tensor], query: torch.Tensor) -> torch.Tensor:
         """Signed distances ``[B, M]`` at ``[B, M, 3]`` query points from an encoder output."""
@@ -87,8 +87,12 @@ class PointCloudAutoencoder(L.LightningModule):
         self.log("val_loss", loss, prog_bar=False, batch_size=batch["points"].shape[0])
         return loss
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.cfg.lr)
+    def configure_optimizers(self):
+        opt = torch.optim.Adam(self.parameters(), lr=self.cfg.lr)
+        if self.cfg.lr_schedule == "constant":
+            return opt
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(self.cfg.max_epochs, 1))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
     # ---- benchmark protocol (see cellrep_core/models/zoo.py): latent, decode_latent, target, error ----
     #
