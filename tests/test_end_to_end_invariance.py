@@ -99,13 +99,15 @@ def test_punctate_pipeline_is_orientation_free(punctate_cells):
     assert dg["e2e_spread"] > 2 * dg["floor_spread"]
 
 
-def test_punctate_random_turns_move_the_code_as_resampling_does(punctate_cells):
-    """Under random turns the image is resampled (trilinear), which moves the brightest voxels that the
-    exp(25 p) sampling weights favour; a sub-voxel shift without a turn does the same to the VN code."""
+def test_punctate_pipeline_invariant_under_random_turns(punctate_cells):
+    """Random turns resample the image (trilinear); the sampling weights use the intensity smoothed by a
+    Gaussian of sd 1 voxel, whose maxima barely move, so the VN code stays within twice its noise floor
+    (with raw-voxel weights it moved 3.8 times the floor here); the classical DGCNN does not."""
     clouds = turned_clouds(punctate_cells, SAMPLING, n_rotations=1, seed=7)
+    assert not clouds.failed
     vn, dg = _errors("punctate_tiny", clouds), _errors("punctate_dgcnn_tiny", clouds)
-    assert vn["e2e_spread"] < 2 * vn["resampling_spread"]
-    assert dg["e2e_spread"] > 2 * dg["floor_spread"]
+    assert vn["e2e_spread"] < 2 * vn["floor_spread"] and vn["e2e_ratio"] < 2 * vn["floor_ratio"]
+    assert dg["e2e_spread"] > 2 * dg["floor_spread"] and dg["e2e_ratio"] > 2 * dg["floor_ratio"]
 
 
 def test_sdf_pipeline_invariant_under_random_turns(sdf_cells):

@@ -248,6 +248,36 @@ def test_intensity_sample_deterministic_and_jitter():
     assert 0 < off.max() < 0.01
 
 
+def test_smoothed_weights_and_subvoxel_positions():
+    # a punctum centred between voxels: its smoothed maximum moves less than its brightest raw voxel
+    on = blob_image([(24, 24, 24)], np.random.default_rng(0), noise=0.0)
+    off = blob_image([(24.5, 24.5, 24.5)], np.random.default_rng(0), noise=0.0)
+
+    def top(img, **kw):
+        return sampling_weights(img, CELL, **kw)[2]["top"]
+
+    raw_drop, smooth_drop = 1 - top(off, smooth_sigma=0) / top(on, smooth_sigma=0), 1 - top(off) / top(on)
+    assert raw_drop > 0.25 and smooth_drop < 0.2
+    img = blob_image([(20, 20, 20), (30, 30, 30)], np.random.default_rng(0))
+    pts = intensity_sample(img, CELL, np.random.default_rng(7), n_dense=2000, subvoxel=True)
+    off = (pts[:, :3] + CENTROID) % 1.0
+    assert np.abs(off - 0.5).max() > 0.45 and 0 < pts[:, 3].min() and pts[:, 3].max() <= 1.0
+    d = np.linalg.norm((pts[:, :3] + CENTROID)[:, None] - np.array([(20, 20, 20), (30, 30, 30)])[None], axis=2)
+    assert (d.min(axis=1) < 2.5).mean() > 0.95
+
+
+def test_ball_dilation_is_round():
+    from cellrep_core.pointclouds.build import dilate
+
+    seed = np.zeros((21, 21, 21), bool)
+    seed[10, 10, 10] = True
+    ball8, diamond = dilate(seed, 8), dilate(seed, 8, ball=False)
+    assert ball8[10, 10, 18] and ball8[10, 15, 15] and not diamond[10, 15, 15]  # (0, 5, 5): 7.1 from the seed
+    zz, yy, xx = np.mgrid[:21, :21, :21]
+    assert np.array_equal(ball8, (zz - 10) ** 2 + (yy - 10) ** 2 + (xx - 10) ** 2 <= 64)
+    assert np.array_equal(dilate(seed, 0), seed)
+
+
 def test_training_sample():
     img = blob_image([(20, 20, 20), (30, 30, 30)], np.random.default_rng(0))
     dense = intensity_sample(img, CELL, np.random.default_rng(0), n_dense=4096)

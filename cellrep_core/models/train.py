@@ -71,7 +71,9 @@ def data_hash(items: list[CloudItem]) -> str:
 # same config and data is never reused for a different architecture.
 # 4: punctate inputs map the intensity onto [-r, r], r the drawn points' largest radius about the centre,
 # instead of the xyz range, which depended on the cell's orientation (pointclouds/punctate.py).
-ARCHITECTURE_VERSION = 4
+# 5: punctate clouds are drawn from the Gaussian-smoothed (sd 1 voxel) intensity inside a Euclidean-ball
+# dilation of the nucleus, and carry the smoothed intensity (pointclouds/punctate.py): other inputs.
+ARCHITECTURE_VERSION = 5
 # A cell's code is the mean of its codes over this many fixed input draws: each draw is a random subset
 # of the cell's points, and averaging removes that sampling noise (measured on the demo plates: the
 # q-value of the shrink drug 0.05-0.06 with one draw, 0.01-0.02 with eight).

@@ -21,7 +21,7 @@ from scipy import ndimage
 from cellrep_core.errors import CellInputError
 from cellrep_core.ingest import QUARANTINE_COLUMNS, quarantine_row, validate_cell
 from cellrep_core.models.data import CloudItem
-from cellrep_core.pointclouds.punctate import intensity_sample
+from cellrep_core.pointclouds.punctate import MAX_EXPONENT, SMOOTH_SIGMA, intensity_sample
 from cellrep_core.pointclouds.sdf import sdf_pointcloud
 from cellrep_core.profiling.features import HANDCRAFTED_FEATURES, handcrafted_features
 
@@ -35,6 +35,10 @@ class SamplingConfig:
     n_dense: int = 20480
     lam: float = 100.0
     dilate_vox: int = 8
+    ball_dilation: bool = True
+    smooth_sigma: float = SMOOTH_SIGMA
+    subvoxel: bool = False
+    max_exponent: float | None = MAX_EXPONENT
     n_surface: int = 4096
     grid: int = 32
     half_extent_vox: float = 32.0
@@ -51,6 +55,17 @@ class BuildResult:
     seconds: float
 
 
+def dilate(mask: np.ndarray, radius: int, ball: bool = True) -> np.ndarray:
+    """The mask grown by ``radius`` voxels: every voxel within Euclidean distance ``radius`` of it
+    (``ball``), or ``radius`` iterations of the 6-connected dilation (a diamond, not rotation invariant)."""
+    mask = np.asarray(mask, dtype=bool)
+    if not radius or not mask.any():
+        return mask
+    if not ball:
+        return ndimage.binary_dilation(mask, iterations=radius)
+    return ndimage.distance_transform_edt(~mask) <= radius
+
+
 def process_cell(row: dict, cfg: SamplingConfig) -> dict:
     """Sample one cell; returns its cloud or, for a bad cell, its quarantine row (never raises)."""
     cell_id, path = row["cell_id"], row["source_path"]
@@ -59,9 +74,10 @@ def process_cell(row: dict, cfg: SamplingConfig) -> dict:
     try:
         if row["shape_type"] == "punctate":
             raw, nucleus = validate_cell(Path(path), channels, "punctate", cell_id)
-            mask = ndimage.binary_dilation(nucleus, iterations=cfg.dilate_vox) if cfg.dilate_vox else nucleus
+            mask = dilate(nucleus, cfg.dilate_vox, cfg.ball_dilation)
             pts = intensity_sample(
-                raw, mask, rng, n_dense=cfg.n_dense, lam=cfg.lam, cell_id=cell_id, path=path
+                raw, mask, rng, n_dense=cfg.n_dense, lam=cfg.lam, max_exponent=cfg.max_exponent,
+                smooth_sigma=cfg.smooth_sigma, subvoxel=cfg.subvoxel, cell_id=cell_id, path=path
             )
             return {
                 "ok": True,
