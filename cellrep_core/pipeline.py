@@ -477,16 +477,18 @@ def profile_screen(wh: Warehouse, fs: FeatureStore, screen_id: str, null_size: i
     if missing:
         raise LookupError(f"screen {screen_id}: plates {missing} have no q-values yet; materialize plate_qvalues")
     frames = []
+    base_versions = {pid: b.version for pid, (b, _) in pairs.items()}
+    shared_base = len(set(base_versions.values())) == 1
+    # each plate's feature sets read once: the shared base model's whitened codes (when one base embedded every
+    # plate) and the hand-crafted features, pooled over plates below
+    per_plate = [plate_feature_sets(wh, fs, pid, [base_versions[pid]] if shared_base else []) for pid in plates]
 
     def pooled(role: str, version: str, feature_set: str) -> None:
-        metas, feats = [], []
-        for pid in plates:
-            for fset, v, meta, x in plate_feature_sets(wh, fs, pid, [version] if feature_set == "embedding" else []):
-                if fset == feature_set and v == (version if feature_set == "embedding" else ""):
-                    metas.append(meta)
-                    feats.append(x)
-        res = screen_map_qvalues(pd.concat(metas, ignore_index=True), np.concatenate(feats), control=CONTROL,
-                                 null_size=null_size, seed=seed)
+        sets = [(meta, x) for plate_sets in per_plate for fset, v, meta, x in plate_sets
+                if fset == feature_set and v == version]
+        res = screen_map_qvalues(pd.concat([m for m, _ in sets], ignore_index=True),
+                                 np.concatenate([x for _, x in sets]), control=CONTROL, null_size=null_size,
+                                 seed=seed)
         frames.append(res.assign(feature_set=feature_set, model_role=role, model_version=version))
 
     def combined(role: str, versions: dict[str, str], feature_set: str) -> None:
@@ -496,8 +498,7 @@ def profile_screen(wh: Warehouse, fs: FeatureStore, screen_id: str, null_size: i
         label = next(iter(set(versions.values()))) if len(set(versions.values())) == 1 else "per_plate"
         frames.append(res.assign(feature_set=feature_set, model_role=role, model_version=label))
 
-    base_versions = {pid: b.version for pid, (b, _) in pairs.items()}
-    if len(set(base_versions.values())) == 1:
+    if shared_base:
         pooled("base", next(iter(base_versions.values())), "embedding")
     else:
         combined("base", base_versions, "embedding")
