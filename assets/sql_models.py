@@ -45,10 +45,12 @@ def _upstream(model: sqlmodels.SqlModel, names: set[str]) -> list[dg.AssetKey]:
 def sql_automation() -> dg.AutomationCondition:
     """Re-run a SQL model once after its upstream assets updated (any partition of a plate asset) and none
     of them is still in progress. Unlike ``eager()`` it does not wait for every upstream partition to
-    exist: one plate that failed its checks must not freeze the cross-plate tables."""
+    exist: one plate that failed its checks must not freeze the cross-plate tables. A model whose upstream
+    model is requested in the same tick joins that run (``will_be_requested``), so a chain of SQL models
+    (screen_qvalues -> screen_hits -> dose_response) settles in one run, not one run per level."""
     ac = dg.AutomationCondition
     return (
-        ac.any_deps_match(ac.newly_updated()).since_last_handled()
+        ac.any_deps_match(ac.newly_updated() | ac.will_be_requested()).since_last_handled()
         & ~ac.any_deps_in_progress()
         & ~ac.in_progress()
     ).with_label("after_upstream_updates")

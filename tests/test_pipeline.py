@@ -106,7 +106,7 @@ def test_benchmark_every_metric_for_every_model_nulls_with_reasons(demo_home):
 def test_sql_is_read_only_and_sees_embeddings(demo_home):
     with pytest.raises(PermissionError, match="read-only"):
         run_sql("delete from cells")
-    assert core_main(["sql", "insert into drug_truth values ('a','b','c')"]) == 2
+    assert core_main(["sql", "insert into drug_truth (plate_id, drug, planted_effect) values ('a','b','c')"]) == 2
     df = run_sql("select cell_id, vector from cell_embeddings limit 3")
     assert len(df) == 3 and len(df.vector[0]) > 0
     # SQL over embeddings agrees with the Python search

@@ -67,7 +67,7 @@ def test_warehouse_replace_is_atomic_and_idempotent(tmp_path):
 def test_warehouse_reads_are_read_only(tmp_path):
     wh = Warehouse(tmp_path / "w.duckdb")
     with wh.read() as con, pytest.raises(duckdb.Error, match="read-only"):
-        con.execute("insert into drug_truth values ('p', 'd', 'none')")
+        con.execute("insert into drug_truth (plate_id, drug, planted_effect) values ('p', 'd', 'none')")
 
 
 def test_ann_index_built_above_threshold_and_kept_fresh(tmp_path):
