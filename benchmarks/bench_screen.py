@@ -88,7 +88,7 @@ def summarise(df: pd.DataFrame) -> dict:
         p = null.p_value.to_numpy(float)
         ks = stats.kstest(p, "uniform") if len(p) else None
         # anti-conservative = too many small p-values: the empirical CDF above the uniform one
-        ks_anti = stats.kstest(p, "uniform", alternative="less") if len(p) else None
+        ks_anti = stats.kstest(p, "uniform", alternative="greater") if len(p) else None
         fdps = []
         for _, g in d.groupby("screen_id"):
             hits = g[g.is_hit]

@@ -408,11 +408,11 @@ def _plate_qvalues(wh: Warehouse, fs: FeatureStore, plate_id: str, model_version
 def plate_feature_sets(wh: Warehouse, fs: FeatureStore, plate_id: str, model_versions: list[str],
                        paths_of: dict[str, Path] | None = None) -> list[tuple[str, str, pd.DataFrame, np.ndarray]]:
     """``(feature_set, model_version, meta, features)`` of a plate: each model version's whitened codes and the
-    hand-crafted features; ``meta`` has cell_id, plate_id, drug, concentration. ``paths_of`` gives the folder of
+    hand-crafted features; ``meta`` has cell_id, plate_id, drug, concentration, well. ``paths_of`` gives the folder of
     a model version that is not in the ``models`` table (the benchmark's other model families)."""
-    conc = wh.query("SELECT cell_id, concentration FROM cells WHERE plate_id = ?", [plate_id])
+    conc = wh.query("SELECT cell_id, concentration, well FROM cells WHERE plate_id = ?", [plate_id])
     hc = wh.query(
-        "SELECT h.*, c.drug, c.concentration FROM handcrafted_features h JOIN cells c USING (cell_id) "
+        "SELECT h.*, c.drug, c.concentration, c.well FROM handcrafted_features h JOIN cells c USING (cell_id) "
         "WHERE h.plate_id = ? ORDER BY cell_id",
         [plate_id],
     )
@@ -424,7 +424,7 @@ def plate_feature_sets(wh: Warehouse, fs: FeatureStore, plate_id: str, model_ver
         path = (paths_of or {}).get(version) or model_by_version(wh, version).path
         meta = emb_meta[["cell_id", "plate_id", "drug"]].merge(conc, on="cell_id", how="left")
         sets.append(("embedding", version, meta, load_whitening(path).transform(vecs)))
-    sets.append(("handcrafted", "", hc[["cell_id", "plate_id", "drug", "concentration"]],
+    sets.append(("handcrafted", "", hc[["cell_id", "plate_id", "drug", "concentration", "well"]],
                  hc[list(HANDCRAFTED_FEATURES)].to_numpy(float)))
     return sets
 

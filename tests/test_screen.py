@@ -60,7 +60,7 @@ def test_bad_specs_are_refused_with_a_reason():
     with pytest.raises(ValueError, match="unknown effect"):
         screen.Drug("x", "explode")
     with pytest.raises(ValueError, match="wells"):
-        _spec(drugs=[screen.Drug(f"d{i}", "none") for i in range(30)])
+        _spec(drugs=[screen.Drug(f"d{i}", "none") for i in range(32)])  # 96 treatment + 3 DMSO wells > 96
     with pytest.raises(ValueError, match="NAME=EFFECT"):
         screen.Drug.parse("shrink")
     assert screen.Drug.parse("c7=unequal:0.6") == screen.Drug("c7", "unequal", 0.6)
@@ -128,7 +128,49 @@ def test_screen_null_pvalues_are_not_anticonservative():
         p += screen_map_qvalues(meta, x, null_size=5000).p_value.tolist()
     p = np.array(p)
     assert (p < 0.05).mean() <= 0.08
-    assert stats.kstest(p, "uniform", alternative="less").pvalue > 0.01
+    # anti-conservative = the empirical CDF above the uniform one (scipy: alternative="greater")
+    assert stats.kstest(p, "uniform", alternative="greater").pvalue > 0.01
+
+
+def _edge_screen(rng, n_null=12, n=8):
+    """Two plates whose edge wells (rows A/H, columns 1/12) shift every feature by 1.5 sd: 6 DMSO wells (2 on
+    the edge), null drugs in random wells."""
+    rows, x = [], []
+    wells = [f"{r}{c:02d}" for r in "ABCDEFGH" for c in range(1, 13)]
+    for p in ("p1", "p2"):
+        edge = [w for w in wells if w[0] in "AH" or w[1:] in ("01", "12")]
+        inner = [w for w in wells if w not in edge]
+        dmso = list(rng.choice(edge, 2, replace=False)) + list(rng.choice(inner, 4, replace=False))
+        rest = list(rng.permutation([w for w in wells if w not in dmso]))
+        plan = [("DMSO", w) for w in dmso] + [(f"n{i}", rest[i]) for i in range(n_null)]
+        for drug, w in plan:
+            for i in range(n):
+                v = rng.normal(size=6) + (1.5 if w in edge else 0.0)
+                rows.append((f"{p}_{w}_{i}", p, drug, 1.0 if drug != "DMSO" else 0.0, w))
+                x.append(v)
+    return pd.DataFrame(rows, columns=["cell_id", "plate_id", "drug", "concentration", "well"]), np.array(x)
+
+
+def test_edge_wells_are_normalised_and_permuted_apart():
+    """An edge-well effect makes null drugs look active when edge and interior cells are pooled; per well
+    position (edge / interior, as DMSO sits in both) the null p-values are uniform again."""
+    p_pos, p_pooled = [], []
+    for s in range(8):
+        meta, x = _edge_screen(np.random.default_rng(300 + s))
+        p_pos += screen_map_qvalues(meta, x, null_size=2000).p_value.tolist()
+        p_pooled += screen_map_qvalues(meta, x, null_size=2000, by_position=False).p_value.tolist()
+    p_pos, p_pooled = np.array(p_pos), np.array(p_pooled)
+    assert stats.kstest(p_pos, "uniform", alternative="greater").pvalue > 0.01 and (p_pos < 0.05).mean() < 0.1
+    assert (p_pooled < 0.05).mean() > 2 * max((p_pos < 0.05).mean(), 0.05)
+    meta, _ = _edge_screen(np.random.default_rng(0))
+    from cellrep_core.profiling.mapping import position_classes
+
+    cls = position_classes(meta)
+    assert set(cls) == {"edge", "interior"}
+    assert (cls[meta.well.str[0].isin(["A", "H"]).to_numpy()] == "edge").all()
+    # a plate without DMSO in both positions is one stratum
+    one = meta[~((meta.drug == "DMSO") & (cls == "edge"))]
+    assert set(position_classes(one)) == {"plate"}
 
 
 def test_fisher_combination_matches_scipy_and_bh_runs_over_the_screen():

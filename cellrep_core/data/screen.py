@@ -58,7 +58,7 @@ EFFECTS: tuple[str, ...] = ("none", "shrink", "fragment", "elongate", "unequal",
 # Effects built so that piece count, total volume and mean piece distance do not change with them.
 HANDCRAFTED_INVISIBLE: tuple[str, ...] = ("unequal", "flatten")
 
-ROWS = "BCDEFG"
+ROWS = "ABCDEFGH"  # a 96-well plate
 N_COLS = 12
 N_WELLS = len(ROWS) * N_COLS
 
@@ -185,7 +185,7 @@ class ScreenSpec:
         if n_wells > N_WELLS:
             raise ValueError(
                 f"{len(self.drugs)} drugs x {len(self.concentrations)} concentrations + {self.n_dmso_wells} DMSO "
-                f"wells = {n_wells} wells; a plate has {N_WELLS} (rows B-G x 12 columns)"
+                f"wells = {n_wells} wells; a plate has {N_WELLS} (rows A-H x 12 columns)"
             )
 
     def plate_ids(self) -> list[str]:
@@ -198,7 +198,7 @@ class ScreenSpec:
 
 
 def is_edge_well(well: str) -> bool:
-    """Wells on the outer rows (B, G) or columns (1, 12) of the plate."""
+    """Wells on the outer rows (A, H) or columns (1, 12) of the 96-well plate."""
     return well[0] in (ROWS[0], ROWS[-1]) or int(well[1:]) in (1, N_COLS)
 
 

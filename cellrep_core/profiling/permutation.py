@@ -57,12 +57,14 @@ def _ap_rows(order: np.ndarray, labels: np.ndarray, plates: np.ndarray, queries:
 
 def map_permutation_test(
     x: np.ndarray, treated: np.ndarray, plates: np.ndarray, cross_plate: bool, max_permutations: int = 100_000,
-    seed: int = 0, resolve_below: float = 0.0,
+    seed: int = 0, resolve_below: float = 0.0, blocks: np.ndarray | None = None,
 ) -> tuple[float, float, int]:
     """(mAP, p-value, permutations used) of the treated cells against the untreated ones in ``x``.
 
     ``x``: features of the treatment's cells and the control cells (already normalised); ``treated``: bool per
-    row; ``plates``: plate of each row (permutations stay within a plate). Stops early once 50 permutations
+    row; ``plates``: plate of each row (positives on other plates when ``cross_plate``); ``blocks``: the
+    permutation strata (default: the plates; finer strata, e.g. plate x edge/interior well, keep a treatment's
+    cells exchanged only with controls of the same plate and well position). Stops early once 50 permutations
     reached the observed mAP, or once the p-value is certainly below ``resolve_below`` (a caller that runs
     Benjamini-Hochberg over m tests passes threshold / (10 m): such a p gives q < threshold / 10 whatever the
     other tests, so more permutations would not change any call)."""
@@ -77,7 +79,13 @@ def map_permutation_test(
     obs_q = np.flatnonzero(treated)[None, :]
     observed = float(_ap_rows(order, treated[None, :], plate_codes, obs_q, cross_plate).mean())
     rng = np.random.default_rng(seed)
-    groups = [(np.flatnonzero(plate_codes == p), int(treated[plate_codes == p].sum())) for p in np.unique(plate_codes)]
+    block_codes = plate_codes if blocks is None else np.unique(np.asarray(blocks).astype(str), return_inverse=True)[1]
+    if blocks is not None and len(block_codes) != n:
+        raise ValueError(f"blocks must have one entry per row ({n}), got {len(block_codes)}")
+    if blocks is not None and cross_plate and len(set(zip(block_codes, plate_codes, strict=True))) != len(
+            np.unique(block_codes)):
+        raise ValueError("every permutation block must lie within one plate")
+    groups = [(np.flatnonzero(block_codes == g), int(treated[block_codes == g].sum())) for g in np.unique(block_codes)]
     n_treated = int(treated.sum())
     hits, done = 0, 0
     while done < max_permutations:

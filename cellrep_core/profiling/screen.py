@@ -2,8 +2,15 @@
 
 Aggregation (what is defended here):
 
-1. **Per-plate DMSO normalisation.** Every plate's features are z-scored to that plate's own DMSO cells, which
-   removes a plate's batch effect (a global shift or scale of the features) before plates are pooled.
+1. **Normalisation per plate and well position.** Every plate's features are z-scored within the plate, which
+   removes a plate's batch effect (a global shift or scale of the features) before plates are pooled; where a
+   plate has DMSO in edge wells and in interior wells (at least 2 cells each), edge-well and interior cells are
+   z-scored separately (``position_classes``). With the permutation null the z-score is robust (median, MAD)
+   over every cell of that plate and position, a label-free transform that keeps the permutation p-value exact
+   (``cellrep_core.profiling.mapping`` explains why z-scoring to DMSO alone is anti-conservative, and by how
+   much); with ``null="copairs"`` it is the DMSO cells, as in the paper. Edge wells differ systematically
+   (evaporation, temperature); a treatment whose wells happen to be interior on every plate otherwise
+   resembles its replicates more than the edge/interior mixture of DMSO, and a null drug is called.
 2. **Pooled mAP with replicate positives** (``method = "replicate_positives"``), for feature spaces shared by
    the screen's plates (the base model's codes, any other model that embedded every plate, hand-crafted
    features). A treatment's cells are queries; their positives are the cells of the *same treatment on the
@@ -19,7 +26,9 @@ Aggregation (what is defended here):
 4. **Benjamini-Hochberg over every treatment of the screen** (all drugs x concentrations, per feature set).
 
 p-values are exact label-permutation p-values (``cellrep_core.profiling.permutation``: copairs' null of random
-rank lists is kept as ``null="copairs"`` and is far too conservative for a mean over a treatment's queries); the
+rank lists is kept as ``null="copairs"`` and is far too conservative for a mean over a treatment's queries);
+labels are exchanged within the same plate x well-position strata as the normalisation, so a treatment's cells
+are only ever exchanged with DMSO cells they could have been under the null; the
 permutations stop once 50 reached the observed mAP, or once p < threshold / (10 m) for m treatments (then q is
 below a tenth of the threshold whatever the other treatments), else at ``null_size`` (default REFERENCE.md's
 100,000): every q near 0.05 is resolved.
@@ -34,26 +43,18 @@ import pandas as pd
 from copairs.map import average_precision, mean_average_precision
 from scipy import stats
 
-from cellrep_core.profiling.mapping import benjamini_hochberg, normalize_to_controls, treatment_keys
+from cellrep_core.profiling.mapping import (
+    benjamini_hochberg,
+    normalize_blocks,
+    position_classes,
+    robust_normalize_blocks,
+    treatment_keys,
+)
 from cellrep_core.profiling.permutation import map_permutation_test
 
 SCREEN_NULL_SIZE = 100_000
 SCREEN_COLUMNS = ["drug", "concentration", "method", "n_plates", "n_cells", "mean_average_precision", "p_value",
                   "q_value", "is_hit"]
-
-
-def normalize_per_plate(meta: pd.DataFrame, feats: np.ndarray, control: str = "DMSO") -> np.ndarray:
-    """Z-score each plate's rows to that plate's control cells."""
-    x = np.asarray(feats, dtype=np.float64).copy()
-    plates = meta["plate_id"].to_numpy(dtype=object)
-    ctrl = meta["drug"].to_numpy(dtype=object) == control
-    for p in pd.unique(plates):
-        sel = plates == p
-        if int((sel & ctrl).sum()) < 2:
-            n = int((sel & ctrl).sum())
-            raise ValueError(f"plate {p!r}: need at least 2 {control!r} cells to normalise, got {n}")
-        x[sel] = normalize_to_controls(x[sel], ctrl[sel])
-    return x
 
 
 def _codes(values: np.ndarray) -> np.ndarray:
@@ -62,21 +63,27 @@ def _codes(values: np.ndarray) -> np.ndarray:
 
 
 def _pooled_map(treat: np.ndarray, plates: np.ndarray, x: np.ndarray, control: str, cross_plate: bool,
-                null_size: int, seed: int, null: str = "permutation", resolve_below: float = 0.0) -> pd.DataFrame:
+                null_size: int, seed: int, null: str = "permutation", resolve_below: float = 0.0,
+                blocks: np.ndarray | None = None, normalize: bool = True) -> pd.DataFrame:
     """mAP per treatment against the pooled controls (positives on other plates when cross_plate), with the
     permutation p-value (``null="permutation"``) or copairs' (``null="copairs"``)."""
     is_ctrl = treat == control
     names = list(pd.unique(treat[~is_ctrl]))
+    blocks = plates if blocks is None else blocks
     if null == "permutation":
+        if normalize:
+            x = robust_normalize_blocks(x, blocks)
         rows = []
         for k, t in enumerate(names):
             sel = is_ctrl | (treat == t)
             m, p, _ = map_permutation_test(x[sel], treat[sel] == t, plates[sel], cross_plate, null_size, seed + k,
-                                           resolve_below)
+                                           resolve_below, blocks=blocks[sel])
             rows.append({"treatment": t, "mean_average_precision": m, "p_value": p})
         return pd.DataFrame(rows, columns=["treatment", "mean_average_precision", "p_value"])
     if null != "copairs":
         raise ValueError(f"null must be 'permutation' or 'copairs', got {null!r}")
+    if normalize:
+        x = normalize_blocks(x, blocks, is_ctrl)
     code_of = {t: i + 1 for i, t in enumerate(names)}
     codes = np.array([0 if c else code_of[t] for t, c in zip(treat, is_ctrl, strict=True)], dtype=np.int64)
     ref = np.where(is_ctrl, np.arange(len(treat)), -1).astype(np.int64)
@@ -95,11 +102,12 @@ def _pooled_map(treat: np.ndarray, plates: np.ndarray, x: np.ndarray, control: s
 
 def screen_map_qvalues(meta: pd.DataFrame, feats: np.ndarray, control: str = "DMSO",
                        null_size: int = SCREEN_NULL_SIZE, threshold: float = 0.05, seed: int = 0,
-                       normalize: bool = True, null: str = "permutation") -> pd.DataFrame:
+                       normalize: bool = True, null: str = "permutation", by_position: bool = True) -> pd.DataFrame:
     """mAP, p and BH q of every drug x concentration of one screen from cells of all its plates.
 
     ``meta``: one row per cell with ``cell_id``, ``plate_id``, ``drug`` and optionally ``concentration``;
-    ``feats``: the cells' features in one space shared by every plate.
+    ``feats``: the cells' features in one space shared by every plate. With ``by_position`` and a ``well``
+    column, normalisation and permutations are per plate x well position (``position_classes``).
     """
     for col in ("cell_id", "plate_id", "drug"):
         if col not in meta.columns:
@@ -110,10 +118,16 @@ def screen_map_qvalues(meta: pd.DataFrame, feats: np.ndarray, control: str = "DM
     if not np.all(np.isfinite(x)):
         raise ValueError("feats contain NaN or inf")
     meta = meta.reset_index(drop=True)
-    if normalize:
-        x = normalize_per_plate(meta, x, control)
+    plates_all = meta["plate_id"].to_numpy(dtype=object)
+    is_ctrl_all = meta["drug"].to_numpy(dtype=object) == control
+    for p in pd.unique(plates_all):
+        n = int((is_ctrl_all & (plates_all == p)).sum())
+        if n < 2:
+            raise ValueError(f"plate {p!r}: need at least 2 {control!r} cells, got {n}")
+    strata = position_classes(meta, control) if by_position else np.full(len(meta), "plate", dtype=object)
     treat, conc_of = treatment_keys(meta, control)
     plates = meta["plate_id"].to_numpy(dtype=object)
+    blocks = np.array([f"{p}|{s}" for p, s in zip(plates, strata, strict=True)], dtype=object)
     is_ctrl = treat == control
     n_plates = {t: len(set(plates[treat == t])) for t in pd.unique(treat[~is_ctrl])}
     n_cells = {t: int((treat == t).sum()) for t in n_plates}
@@ -127,7 +141,7 @@ def screen_map_qvalues(meta: pd.DataFrame, feats: np.ndarray, control: str = "DM
             continue
         sel = is_ctrl | np.isin(treat, list(chosen))
         res = _pooled_map(treat[sel], plates[sel], x[sel], control, cross, null_size, seed, null,
-                          resolve_below=threshold / (10 * len(n_plates)))
+                          resolve_below=threshold / (10 * len(n_plates)), blocks=blocks[sel], normalize=normalize)
         frames.append(res.assign(method="replicate_positives" if cross else "within_plate"))
     if not frames:
         return pd.DataFrame(columns=SCREEN_COLUMNS)
