@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CELLREP_HOME ?= $(CURDIR)/.cellrep
 export CELLREP_HOME
 
-.PHONY: install demo test ui lint clean bench-sdf bench-search bench-image bench-train bench-plates
+.PHONY: install demo test ui lint clean bench-sdf bench-search bench-image bench-train bench-plates bench-screen
 
 $(STAMP): pyproject.toml
 	@command -v gfortran >/dev/null 2>&1 || { \
@@ -51,6 +51,10 @@ bench-train: $(STAMP)
 bench-plates: $(STAMP)
 	rm -rf $(CURDIR)/.cellrep-bench-plates
 	CELLREP_HOME=$(CURDIR)/.cellrep-bench-plates $(PY) benchmarks/bench_plates.py
+
+# held-out calibration and power: screens from the evaluation seed range (>= 900,000) on a storage root of their own
+bench-screen: $(STAMP)
+	$(PY) benchmarks/bench_screen.py --home $(CURDIR)/.cellrep-bench-screen
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
