@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml
 	  echo "installing gfortran (escnn's py3nj compiles Fortran)"; \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq gfortran; \
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq gfortran; fi; }
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
+	  echo "installing chromium and chromium-driver (the UI check opens the Dagster UI in a real browser)"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq --no-install-recommends chromium chromium-driver; fi; }
 	@test -x $(PY) || { command -v $(PYTHON) >/dev/null 2>&1 && $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV); }
 	$(PIP) install -q --upgrade pip setuptools wheel
 	# torch first, pinned: on CPU machines this takes the CPU build instead of several GB of CUDA wheels

@@ -1,13 +1,15 @@
 """Screens: drug x concentration q-values over a screen's replicate plates, with the 1/q and dose plots."""
 
 import time
+from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 
 from assets.plates import plate_qvalues
 from assets.reference import _png_md
 from assets.sql_models import sql_automation
-from cellrep_core import pipeline
+from cellrep_core import paths, pipeline
 from cellrep_core.profiling.screen import SCREEN_NULL_SIZE
 from orchestration.resources import FeatureStoreResource, WarehouseResource
 
@@ -50,4 +52,64 @@ def screen_qvalues(context: dg.AssetExecutionContext, config: ScreenProfileConfi
                                           "waiting": dg.MetadataValue.json(waiting), **md})
 
 
-screen_asset_defs = [screen_qvalues]
+class HitExplanationConfig(dg.Config):
+    """Principal components of the LDA space, DMSO splits of the baseline, and how many hits are pictured inline."""
+
+    n_pcs: int = 20
+    n_splits: int = 200
+    inline_hits: int = 4
+
+
+@dg.asset(group_name="screens", deps=[screen_qvalues], kinds={"duckdb"}, automation_condition=sql_automation(),
+          description="What each drug does, for every screen (and every plate outside a screen): an LDA axis between "
+                      "the treatment and DMSO in the base model's profiling space, the real cells along it, and its "
+                      "separation against random DMSO splits; table hit_explanations, one HTML report per "
+                      "treatment under reports/explain/, the hits' walk strips inline.")
+def hit_explanations(context: dg.AssetExecutionContext, config: HitExplanationConfig, warehouse: WarehouseResource,
+                     feature_store: FeatureStoreResource) -> dg.MaterializeResult:
+    from cellrep_core.analysis import explain as ex
+    from cellrep_core.analysis.render import png_data_uri
+
+    wh, fs = warehouse.get(), feature_store.get()
+    scopes = [("screen", sid) for sid in pipeline.screens(wh)]
+    lone = wh.query("SELECT plate_id FROM plates WHERE coalesce(screen_id, '') = '' ORDER BY plate_id")
+    scopes += [("plate", pid) for pid in lone.plate_id]
+    md: dict = {}
+    skipped = {}
+    n_done = 0
+    for scope, sid in scopes:
+        t0 = time.perf_counter()
+        try:
+            data = ex.load_scope(wh, fs, **({"screen_id": sid} if scope == "screen" else {"plate_id": sid}))
+            expls = ex.explain_scope(data, n_pcs=config.n_pcs, n_splits=config.n_splits)
+        except (LookupError, ValueError) as err:  # not embedded or profiled yet, too few cells: say so, go on
+            skipped[f"{scope} {sid}"] = str(err)
+            context.log.info(f"{scope} {sid}: not explained: {err}")
+            continue
+        hits = ex.base_hits(wh, scope, sid)
+        out_dir = paths.explain_reports_dir(scope, sid)
+        rows = []
+        for i, e in enumerate(expls):
+            path = ex.write_report(wh, e, out_dir)
+            rows.append({**e.summary(), "is_hit": (e.drug, e.concentration) in hits, "report_path": str(path)})
+            context.log.info(f"{scope} {sid}: explained {e.drug} @ {e.concentration} ({i + 1}/{len(expls)}), "
+                             f"effect size {e.effect_size:.2f}")
+        df = pd.DataFrame(rows)
+        wh.replace("hit_explanations", df, {"scope": scope, "scope_id": sid})
+        n_done += len(df)
+        context.log.info(f"{scope} {sid}: {len(df)} treatments explained in {time.perf_counter() - t0:.1f} s")
+        md[f"{sid}_table"] = dg.MetadataValue.md(
+            df.drop(columns=["scope", "scope_id", "model_version", "report_path"]).round(3).to_markdown(index=False))
+        shown = df[df.is_hit].sort_values("effect_size", ascending=False).head(config.inline_hits)
+        for r in shown.itertuples():
+            stem = Path(r.report_path).stem
+            walk = out_dir / f"{stem}_walk.png"
+            md[f"{sid}_{stem}_walk"] = dg.MetadataValue.md(
+                f"**{r.drug} @ {r.concentration:g} µM** — separation {r.separation:.2f}, "
+                f"{r.effect_size:.1f}x the DMSO-split baseline\n\n![{stem} walk]({png_data_uri(walk)})")
+            md[f"{sid}_{stem}_report"] = dg.MetadataValue.path(str(r.report_path))
+    return dg.MaterializeResult(metadata={"treatments_explained": n_done, "skipped": dg.MetadataValue.json(skipped),
+                                          **md})
+
+
+screen_asset_defs = [screen_qvalues, hit_explanations]

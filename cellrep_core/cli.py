@@ -165,7 +165,47 @@ def build_parser() -> argparse.ArgumentParser:
     ss.add_argument("--n-dmso-wells", type=int, default=6)
     ss.add_argument("--no-nuisance", action="store_true", help="no batch, edge, cell-cycle, debris or "
                                                                "segmentation nuisance")
+    ex = sub.add_parser("explain", help="explain a drug: LDA axis against DMSO, real cells along it, DMSO-split "
+                                        "baseline; writes one self-contained HTML report")
+    scope = ex.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--screen", help="a screen id (pools its replicate plates)")
+    scope.add_argument("--plate", help="a plate id")
+    ex.add_argument("--drug", required=True)
+    ex.add_argument("--concentration", type=float, help="µM; default: the highest concentration at which the base "
+                                                         "model calls the drug a hit, else its highest")
+    ex.add_argument("--out", type=Path, help="folder of the report; default: $CELLREP_HOME/reports/explain/...")
     return p
+
+
+def default_concentration(wh, scope: str, scope_id: str, drug: str) -> float | None:
+    """The highest concentration of a drug that is a base-model hit in the scope, else its highest one."""
+    if scope == "screen":
+        df = wh.query("SELECT concentration, is_hit FROM screen_qvalues WHERE screen_id = ? AND drug = ? "
+                      "AND model_role = 'base'", [scope_id, drug])
+    else:
+        df = wh.query("SELECT q.concentration, q.is_hit FROM drug_qvalues q JOIN models m "
+                      "ON m.model_version = q.model_version WHERE q.plate_id = ? AND q.drug = ? "
+                      "AND coalesce(m.plate_id, '') = ''", [scope_id, drug])
+    df = df[df.concentration.notna()]
+    if df.empty:
+        return None
+    hits = df[df.is_hit.astype(bool)]
+    return float((hits if not hits.empty else df).concentration.max())
+
+
+def explain_command(screen: str | None, plate: str | None, drug: str, concentration: float | None,
+                    out: Path | None) -> tuple[Path, dict]:
+    """``cellrep explain``: the report of one drug (at one concentration) of a screen or plate."""
+    from cellrep_core.analysis.explain import explain_treatment, load_scope, write_report
+    from cellrep_core.store.warehouse import Warehouse
+
+    wh = Warehouse()
+    data = load_scope(wh, FeatureStore(), plate_id=plate, screen_id=screen)
+    if concentration is None:
+        concentration = default_concentration(wh, data.scope, data.scope_id, drug)
+    expl = explain_treatment(data, drug, concentration)
+    path = write_report(wh, expl, out or paths.explain_reports_dir(data.scope, data.scope_id))
+    return path, expl.summary()
 
 
 def write_synthetic_screen(screen_id: str, seed: int = 0, drugs: list[str] | None = None,
@@ -272,6 +312,12 @@ def run(args: argparse.Namespace) -> int:
                                          args.n_per_well, args.n_dmso_wells, not args.no_nuisance, args.out)
         for f in folders:
             print(f"wrote plate {f.name} of screen {args.screen_id} to {f}")
+        return 0
+    if args.command == "explain":
+        path, summary = explain_command(args.screen, args.plate, args.drug, args.concentration, args.out)
+        for k, v in summary.items():
+            print(f"{k}: {v}")
+        print(f"report: {path}")
         return 0
     raise SystemExit(f"unknown command {args.command}")
 

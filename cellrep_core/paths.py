@@ -51,3 +51,8 @@ def reports_dir(dataset: str) -> Path:
 def screen_reports_dir(screen_id: str) -> Path:
     """Return the folder holding a screen's plots."""
     return cellrep_home() / "reports" / "screens" / screen_id
+
+
+def explain_reports_dir(scope: str, scope_id: str) -> Path:
+    """Return the folder holding the hit explanations of a plate or screen (``scope``: plate or screen)."""
+    return cellrep_home() / "reports" / "explain" / f"{scope}s" / scope_id

@@ -17,7 +17,24 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--quick", action="store_true", help="tiny data and models (smoke test)")
     u = sub.add_parser("ui", help="serve the Dagster UI and daemon on 127.0.0.1 (Ctrl-C stops everything)")
     u.add_argument("--port", type=int, default=3000)
+    uc = sub.add_parser("ui-check", help="open the hit explanation in headless Chromium through the Dagster UI and "
+                                         "save a screenshot (needs the chromium and chromium-driver packages)")
+    uc.add_argument("--out", default="", help="screenshot PNG; default: $CELLREP_HOME/reports/ui_hit_explanation.png")
     args = parser.parse_args(argv)
+    if args.command == "ui-check":
+        from pathlib import Path
+
+        from cellrep_core import paths
+        from orchestration.ui_check import UICheckError, check_hit_explanation
+
+        try:
+            seen = check_hit_explanation(Path(args.out) if args.out else
+                                         paths.cellrep_home() / "reports" / "ui_hit_explanation.png")
+        except UICheckError as err:
+            print(f"cellrep ui-check: {err}", file=sys.stderr)
+            return 1
+        print(", ".join(f"{k}: {v}" for k, v in seen.items()))
+        return 0
     if args.command == "ui":
         from orchestration.serve import serve
 

@@ -24,6 +24,8 @@ concurrency:
     default_limit: 1
 telemetry:
   enabled: false
+nux:
+  enabled: false
 """
 
 
@@ -34,6 +36,8 @@ def dagster_home() -> Path:
     cfg = home / "dagster.yaml"
     if not cfg.exists():
         cfg.write_text(DAGSTER_YAML)
+    elif "nux:" not in cfg.read_text():  # a home from before: no first-visit modal over every page
+        cfg.write_text(cfg.read_text().rstrip("\n") + "\nnux:\n  enabled: false\n")
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 

@@ -59,6 +59,12 @@ SCHEMA: dict[str, str] = {
         model_version VARCHAR, method VARCHAR, n_plates INTEGER, n_cells INTEGER, mean_average_precision DOUBLE,
         p_value DOUBLE, q_value DOUBLE, is_hit BOOLEAN, null_size INTEGER,
         computed_at TIMESTAMP DEFAULT current_timestamp""",
+    "hit_explanations": """
+        scope VARCHAR, scope_id VARCHAR, drug VARCHAR, concentration DOUBLE, model_version VARCHAR,
+        n_treated INTEGER, n_control INTEGER, n_pcs INTEGER, separation DOUBLE, baseline_mean DOUBLE,
+        baseline_p95 DOUBLE, effect_size DOUBLE, empirical_p DOUBLE, exceeds_baseline_p95 BOOLEAN,
+        top_descriptor VARCHAR, top_descriptor_rho DOUBLE, is_hit BOOLEAN, report_path VARCHAR,
+        computed_at TIMESTAMP DEFAULT current_timestamp""",
 }
 # Columns added after a table was first created: existing warehouses get them on the next write.
 MIGRATIONS: dict[str, list[str]] = {
