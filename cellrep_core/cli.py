@@ -91,29 +91,85 @@ def embed_file(path: Path, channels: str = "", shape_type: str = "polymorphic",
     return embed_items(load_model(tm.path), [item])[0], tm.version
 
 
+SEARCH_SPACES = ("profiling", "raw")
+
+
+def _base_version_of_cell(wh: Warehouse, versions: list[str]) -> str | None:
+    """Of the model versions that embedded a cell, the latest base model's (no plate of its own)."""
+    if not versions:
+        return None
+    df = wh.query(f"SELECT model_version FROM models WHERE model_version IN ({', '.join('?' * len(versions))}) "
+                  "AND coalesce(plate_id, '') = '' ORDER BY trained_at DESC", list(versions))
+    return df.model_version.iloc[0] if len(df) else None
+
+
+def _explain_empty(fs: FeatureStore, filters: dict, version: str) -> str:
+    """Why a search found nothing: which model versions embedded the cells the filters select."""
+    other = {k: v for k, v in filters.items() if k != "model_version"}
+    if not other:
+        return f"model {version} has embedded no cells"
+    metas = [fs.load(other, table=t)[0] for t in fs.table_names()]
+    meta = pd.concat(metas) if metas else pd.DataFrame()
+    if meta.empty:
+        return f"no stored cell matches {other}"
+    have = sorted(set(meta.model_version))
+    return (f"no cell matching {other} was embedded by model {version}; those cells were embedded by {have}: "
+            "search one of those spaces (--model-version) or embed them with this model")
+
+
 def nearest_cells(cell_id: str | None = None, vector: np.ndarray | None = None, k: int = 10,
                   model_version: str | None = None, filters: dict | None = None,
-                  file: Path | None = None, channels: str = "", shape_type: str = "polymorphic") -> pd.DataFrame:
-    """The k nearest stored cells (cosine) to a stored cell, a vector or a cell file, with metadata."""
+                  file: Path | None = None, channels: str = "", shape_type: str = "polymorphic",
+                  space: str = "profiling") -> pd.DataFrame:
+    """The k nearest stored cells to a stored cell, a vector or a cell file, with metadata and distance.
+
+    The model version (the space) defaults to the base model, which embeds every plate, not the query cell's
+    plate's fine-tuned model, which has seen that plate only. ``space="profiling"`` (default) compares codes as
+    drug profiling does: whitened by the model's whitening, cosine distance, exact over the rows the filters
+    select (raw codes of unrelated cells sit ~1e-3 apart in cosine: one shared direction dominates them);
+    ``space="raw"`` is the feature store's cosine search on raw codes (ANN index above 30k rows). An empty
+    answer is an error that says which model versions embedded the cells asked for."""
+    from cellrep_core import pipeline
+    from cellrep_core.models.train import load_whitening
+
+    if space not in SEARCH_SPACES:
+        raise ValueError(f"space must be one of {SEARCH_SPACES}, got {space!r}")
     fs = FeatureStore()
+    wh = Warehouse()
     filters = dict(filters or {})
     if file is not None:
         vector, model_version = embed_file(Path(file), channels, shape_type, model_version)
+    if cell_id is not None:
+        rows = [(t, *fs.load({"cell_id": cell_id}, table=t)) for t in fs.table_names()]
+        rows = [(t, m, v) for t, m, v in rows if len(m)]
+        if not rows:
+            raise LookupError(f"cell {cell_id} has no embedding; ingest or embed it first")
+        found = {m.at[i, "model_version"]: v[i] for _, m, v in rows for i in range(len(m))}
+        if model_version is None:
+            model_version = _base_version_of_cell(wh, list(found)) or next(reversed(found))
+        if model_version not in found:
+            raise LookupError(f"cell {cell_id} has no embedding by model {model_version}; it has {sorted(found)}")
+        vector = found[model_version]
+    if vector is None:
+        raise ValueError("give a cell id, a vector or a file")
+    vector = np.asarray(vector, np.float32).reshape(-1)
     if model_version:
         filters["model_version"] = model_version
-    if cell_id is not None:
-        for table in fs.table_names():
-            meta, vecs = fs.load({"cell_id": cell_id, **({"model_version": model_version} if model_version else {})},
-                                 table=table)
-            if len(meta):
-                vector = vecs[-1]
-                filters.setdefault("model_version", meta.iloc[-1]["model_version"])
-                break
+    if space == "raw" or not model_version:
+        out = fs.nearest(vector, k=k, filters=filters)
+    else:
+        meta, vecs = fs.load(filters, table=fs.table_for_dim(len(vector)))
+        if len(meta):
+            w = load_whitening(pipeline.model_by_version(wh, model_version).path)
+            a, q = w.transform(vecs).astype(np.float64), w.transform(vector[None]).astype(np.float64)[0]
+            sim = a @ q / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(q), 1e-12)
+            order = np.argsort(-sim, kind="stable")[:k]
+            out = meta.iloc[order].reset_index(drop=True).assign(distance=1.0 - sim[order])
         else:
-            raise LookupError(f"cell {cell_id} has no embedding{' for ' + model_version if model_version else ''}")
-    if vector is None:
-        raise ValueError("give a cell id or a vector")
-    return fs.nearest(np.asarray(vector, np.float32), k=k, filters=filters)
+            out = meta.assign(distance=pd.Series(dtype=float))
+    if out.empty:
+        raise LookupError(_explain_empty(fs, filters, model_version or "(any)"))
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,7 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--channels", default="", help="channels of --file, e.g. 'nucleus;structure'")
     n.add_argument("--shape-type", default="polymorphic", choices=["polymorphic", "punctate"])
     n.add_argument("-k", type=int, default=10)
-    n.add_argument("--model-version")
+    n.add_argument("--model-version", help="the space to search (default: the base model, shared by every plate)")
+    n.add_argument("--space", choices=SEARCH_SPACES, default="profiling",
+                   help="profiling: whitened codes as drug profiling compares them (default); raw: raw codes, ANN")
     for col in ("dataset", "plate_id", "drug", "structure_name"):
         n.add_argument(f"--{col.replace('_', '-')}")
     ig = sub.add_parser("ingest", help="ingest a manifest of cells or fields of view: cells, point clouds, embeddings")
@@ -288,7 +346,7 @@ def run(args: argparse.Namespace) -> int:
         filters = {c: getattr(args, c) for c in ("dataset", "plate_id", "drug", "structure_name") if getattr(args, c)}
         vec = np.array([float(v) for v in args.vector.split(",")]) if args.vector else None
         df = nearest_cells(args.cell_id, vec, args.k, args.model_version, filters,
-                           file=args.file, channels=args.channels, shape_type=args.shape_type)
+                           file=args.file, channels=args.channels, shape_type=args.shape_type, space=args.space)
         print(df.to_string(index=False))
         return 0
     if args.command == "ingest":

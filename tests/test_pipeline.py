@@ -125,6 +125,15 @@ def test_nearest_filters_and_paths(demo_home):
     cid = Warehouse().query("select min(cell_id) c from cells where plate_id = ?", [PA]).c[0]
     near = nearest_cells(cell_id=cid, k=5, filters={"plate_id": PB})
     assert (near.plate_id == PB).all() and cid not in set(near.cell_id)
+    # the default space is the base model's (it embedded both plates), whitened as profiling does: raw codes
+    # of different cells sit ~1e-4 apart in cosine, whitened ones spread out
+    assert set(near.model_name) == {"sdf_tiny"} and near.distance.is_monotonic_increasing
+    raw = nearest_cells(cell_id=cid, k=5, filters={"plate_id": PB}, space="raw")
+    assert near.distance.median() > 20 * raw.distance.median()
+    ft = Warehouse().query("select model_version from models where plate_id = ?", [PA]).model_version[0]
+    with pytest.raises(LookupError, match=rf"embedded by model {ft}; those cells were embedded by"):
+        nearest_cells(cell_id=cid, k=5, model_version=ft, filters={"plate_id": PB})
+    assert core_main(["nearest", "--cell-id", cid, "--model-version", ft, "--plate-id", PB]) == 2
     assert paths.warehouse_path().exists()
     with duckdb.connect(str(paths.warehouse_path()), read_only=True) as con:
         n = con.execute("select count(*) from drug_truth").fetchone()[0]
