@@ -5,7 +5,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from cellrep_core import pipeline
+from cellrep_core import paths, pipeline
+from cellrep_core.analysis.representation import SHAPE_FEATURES
 from cellrep_core.pipeline import REFERENCE, ReferenceSpec
 from orchestration.resources import FeatureStoreResource, WarehouseResource
 
@@ -116,7 +117,37 @@ def reference_assets(spec: ReferenceSpec) -> list[dg.AssetsDefinition]:
             context.log.warning(f"{ds} benchmark: model configs not registered: {', '.join(res['missing'])}")
         return dg.MaterializeResult(metadata=benchmark_metadata(res))
 
-    return [cells, clouds, model, embeddings, bench]
+    @dg.asset(name=f"{ds}_interpretation", group_name="reference", deps=[embeddings], kinds={"duckdb"},
+              description=f"What the base model of {ds} has learned: PCA of its whitened codes and each PC's "
+                          "correlation with cell shape features (tables pc_correlations, cell_shape_features), "
+                          "walks along the top PCs with the closest real cells and decoded shapes, archetypes, "
+                          "nuclear-volume bins, a t-SNE map; pictures inline and under reports/<dataset>/"
+                          "interpretation/.")
+    def interpretation(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+                       feature_store: FeatureStoreResource) -> dg.MaterializeResult:
+        from cellrep_core.analysis.representation import interpret_dataset
+
+        wh = warehouse.get()
+        res = interpret_dataset(wh, feature_store.get(), ds, paths.reports_dir(ds) / "interpretation",
+                                progress=context.log.info)
+        ev = dict(enumerate(res.pca.explained_variance_ratio, start=1))
+        corr = res.correlations.assign(dataset=ds, model_version=res.model_version,
+                                       explained_variance_ratio=res.correlations.pc.map(ev))
+        wh.replace("pc_correlations", corr, {"dataset": ds})
+        shapes = res.cells[["cell_id", *SHAPE_FEATURES, "error"]].assign(dataset=ds)
+        wh.replace("cell_shape_features", shapes, {"dataset": ds})
+        pc, r = res.volume_pc()
+        md = {"model_version": res.model_version, "n_cells": len(res.cells),
+              "explained_variance_top5": dg.MetadataValue.json([round(float(v), 4) for v in
+                                                                res.pca.explained_variance_ratio[:5]]),
+              "structure_volume_pc": pc, "structure_volume_pc_r": round(r, 4),
+              "n_archetypes": len(res.archetype_cells),
+              "unreadable_cells": int((res.cells.error.fillna("") != "").sum())}
+        for key, path in res.pictures.items():
+            md[f"{key}_plot"] = dg.MetadataValue.md(_png_md(path, key))
+        return dg.MaterializeResult(metadata=md)
+
+    return [cells, clouds, model, embeddings, bench, interpretation]
 
 
 reference_asset_defs = [a for spec in REFERENCE.values() for a in reference_assets(spec)]

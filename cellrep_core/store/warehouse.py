@@ -59,6 +59,13 @@ SCHEMA: dict[str, str] = {
         model_version VARCHAR, method VARCHAR, n_plates INTEGER, n_cells INTEGER, mean_average_precision DOUBLE,
         p_value DOUBLE, q_value DOUBLE, is_hit BOOLEAN, null_size INTEGER,
         computed_at TIMESTAMP DEFAULT current_timestamp""",
+    "cell_shape_features": """
+        dataset VARCHAR, cell_id VARCHAR, nuclear_volume DOUBLE, nuclear_surface_area DOUBLE,
+        nuclear_sphericity DOUBLE, nuclear_extent_1 DOUBLE, nuclear_extent_2 DOUBLE, nuclear_extent_3 DOUBLE,
+        cell_volume DOUBLE, structure_volume DOUBLE, structure_surface_area DOUBLE, error VARCHAR""",
+    "pc_correlations": """
+        dataset VARCHAR, model_version VARCHAR, pc INTEGER, explained_variance_ratio DOUBLE, descriptor VARCHAR,
+        pearson_r DOUBLE, n INTEGER, computed_at TIMESTAMP DEFAULT current_timestamp""",
     "hit_explanations": """
         scope VARCHAR, scope_id VARCHAR, drug VARCHAR, concentration DOUBLE, model_version VARCHAR,
         n_treated INTEGER, n_control INTEGER, n_pcs INTEGER, separation DOUBLE, baseline_mean DOUBLE,
