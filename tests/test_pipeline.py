@@ -232,6 +232,26 @@ def test_hit_explanations_reports_and_cli(demo_home):
     assert core_main(["explain", "--plate", "nope", "--drug", "b"]) == 2
 
 
+def test_reference_interpretation_tables_and_pictures(demo_home):
+    """Each reference data set's interpretation: shape features for every cell, PC correlations, pictures."""
+    home, _, _ = demo_home
+    wh = Warehouse()
+    n = wh.query("select dataset, count(*) n, count(nuclear_volume) nv, count(structure_volume) sv, "
+                 "sum((error <> '')::int) bad from cell_shape_features group by 1 order by 1")
+    cells = wh.query("select dataset, count(*) n from cells where dataset like 'synthetic_%' group by 1 order by 1")
+    assert n.dataset.tolist() == cells.dataset.tolist() and (n.n.to_numpy() == cells.n.to_numpy()).all()
+    assert (n.nv == n.n).all() and (n.bad == 0).all()
+    poly = n.set_index("dataset").loc["synthetic_polymorphic"]
+    assert poly.sv == poly.n  # masks have a volume; punctate intensity images do not
+    c = wh.query("select * from pc_correlations where dataset = 'synthetic_polymorphic'")
+    assert {"structure_volume", "nuclear_volume", "n_pieces"} <= set(c.descriptor)
+    assert c.pearson_r.abs().max() <= 1 and c.explained_variance_ratio.between(0, 1).all()
+    for ds in ("synthetic_polymorphic", "synthetic_punctate"):
+        out = home / "reports" / ds / "interpretation"
+        for name in ("walk_pc1.png", "archetypes.png", "nuclear_volume_bins.png", "map.png", "pc_correlations.png"):
+            assert (out / name).stat().st_size > 5000, (ds, name)
+
+
 def test_ui_shows_the_hit_explanation_in_a_real_browser(demo_home):
     """Headless Chromium opens hit_explanations in the Dagster UI and renders a walk strip (a decoded PNG)."""
     from orchestration.ui_check import check_hit_explanation

@@ -151,20 +151,24 @@ def archetypes(x: np.ndarray, k: int, n_iter: int = 200, seed: int = 0) -> tuple
     b = np.zeros((k, n))
     b[np.arange(k), idx] = 1.0
     a = np.full((n, k), 1.0 / k)
+    prev = np.inf
     for _ in range(n_iter):
         z = b @ x
         a = _simplex_ls(z, x, a)
         z_target = np.linalg.lstsq(a, x, rcond=None)[0]  # unconstrained archetypes, then projected on the hull
         b = _simplex_ls(x, z_target, b)
+        rss = float(((x - a @ (b @ x)) ** 2).sum())
+        if prev - rss < 1e-6 * prev:  # converged
+            break
+        prev = rss
     z = b @ x
-    rss = float(((x - a @ z) ** 2).sum())
-    return z, a, rss
+    return z, a, float(((x - a @ z) ** 2).sum())
 
 
-def _simplex_ls(basis: np.ndarray, target: np.ndarray, w0: np.ndarray, steps: int = 30) -> np.ndarray:
+def _simplex_ls(basis: np.ndarray, target: np.ndarray, w0: np.ndarray, steps: int = 10) -> np.ndarray:
     """Rows w of ``W`` on the simplex minimising ``|target - W basis|²`` (projected gradient, warm start)."""
     w = w0.copy()
-    lip = max(float(np.linalg.norm(basis @ basis.T, 2)), 1e-12)
+    lip = max(float(np.linalg.norm(basis, 2)) ** 2, 1e-12)  # largest eigenvalue of basis basisᵀ
     for _ in range(steps):
         grad = (w @ basis - target) @ basis.T
         w = _project_simplex(w - grad / lip)
