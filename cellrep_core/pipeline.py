@@ -341,17 +341,21 @@ def benchmark_dataset(
     missing = [n for n in names if n not in REGISTRY]
     versions, tables = {}, []
     items = read_pointclouds(paths.pointcloud_path(dataset, partition))  # once for every model
-    for name in names:
-        if name in missing:
-            continue
-        cfg = get_config(name, **({"max_epochs": max_epochs} if max_epochs else {}))
-        # trained (or reused) like pipeline.train but not registered in ``models``: latest_model() there picks
-        # the data set's base model for embeddings, plates and search, and a benchmark-only model must not
-        # become it; the version folder keeps config and lineage
-        tm = train_model(cfg, items, paths.models_dir(),
-                         lineage={"dataset": dataset, "partition": partition, "plate_id": "", "role": "benchmark"})
-        versions[name] = tm.version
-        tables.append(benchmark(wh, tm, dataset, partition, emissions=emissions, items=items))
+    from cellrep_core.progress import Progress
+
+    with Progress(f"benchmark of {dataset}", len(names) - len(missing), unit="models") as prog:
+        for name in names:
+            if name in missing:
+                continue
+            cfg = get_config(name, **({"max_epochs": max_epochs} if max_epochs else {}))
+            # trained (or reused) like pipeline.train but not registered in ``models``: latest_model() there picks
+            # the data set's base model for embeddings, plates and search, and a benchmark-only model must not
+            # become it; the version folder keeps config and lineage
+            tm = train_model(cfg, items, paths.models_dir(), lineage={"dataset": dataset, "partition": partition,
+                                                                      "plate_id": "", "role": "benchmark"})
+            versions[name] = tm.version
+            tables.append(benchmark(wh, tm, dataset, partition, emissions=emissions, items=items))
+            prog.update(note=f"{name} done")
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     reports = write_reports(table, paths.reports_dir(dataset), dataset) if len(table) else {}
     return {"versions": versions, "missing": missing, "table": table, "reports": reports}

@@ -26,6 +26,11 @@ telemetry:
   enabled: false
 nux:
   enabled: false
+# progress of long stages (cellrep_core.progress) and the library's own log lines go into the run log
+python_logs:
+  python_log_level: INFO
+  managed_python_loggers:
+    - cellrep_core
 """
 
 
@@ -36,8 +41,14 @@ def dagster_home() -> Path:
     cfg = home / "dagster.yaml"
     if not cfg.exists():
         cfg.write_text(DAGSTER_YAML)
-    elif "nux:" not in cfg.read_text():  # a home from before: no first-visit modal over every page
-        cfg.write_text(cfg.read_text().rstrip("\n") + "\nnux:\n  enabled: false\n")
+    else:  # a home from before: add what it lacks (no first-visit modal; progress in the run log)
+        text = cfg.read_text()
+        for key, block in (("nux:", "nux:\n  enabled: false\n"),
+                           ("python_logs:", "python_logs:\n  python_log_level: INFO\n  managed_python_loggers:\n"
+                                            "    - cellrep_core\n")):
+            if key not in text:
+                text = text.rstrip("\n") + "\n" + block
+        cfg.write_text(text)
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 
@@ -101,6 +112,23 @@ def register_landing_plates(inst: dg.DagsterInstance) -> list[str]:
     return found
 
 
+def _progress_to_terminal() -> None:
+    """Print the library's progress lines (``cellrep_core.progress``) while the demo runs: never silent for
+    minutes. Not propagated to the root logger (no duplicates); Dagster also gets them through its own
+    handler (``python_logs`` in dagster.yaml)."""
+    import logging
+    import sys
+
+    lg = logging.getLogger("cellrep_core")
+    if not any(getattr(h, "_cellrep_terminal", False) for h in lg.handlers):
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("    %(message)s"))
+        h._cellrep_terminal = True
+        lg.addHandler(h)
+    lg.setLevel(logging.INFO)
+    lg.propagate = False
+
+
 def run_demo(null_size: int = 10000, screen_null_size: int = 100_000, quick: bool = False,
              screen: dict | None = None) -> None:
     """Generate the data, materialize every asset (reference, each plate of the demo screen, the screen's
@@ -109,6 +137,7 @@ def run_demo(null_size: int = 10000, screen_null_size: int = 100_000, quick: boo
     from cellrep_core.store.warehouse import Warehouse
 
     t0 = time.perf_counter()
+    _progress_to_terminal()
     screen = {**DEMO_SCREEN, **(screen or {})}
     inst = instance()
     print(f"cellrep demo: CELLREP_HOME={paths.cellrep_home()}  DAGSTER_HOME={os.environ['DAGSTER_HOME']}")

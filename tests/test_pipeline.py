@@ -252,6 +252,17 @@ def test_reference_interpretation_tables_and_pictures(demo_home):
             assert (out / name).stat().st_size > 5000, (ds, name)
 
 
+def test_progress_lines_reach_the_dagster_run_log(demo_home):
+    """Long stages report done / total and ETA into the run log (python_logs in dagster.yaml)."""
+    from orchestration.demo import instance
+
+    inst = instance()
+    msgs = [e.message or "" for r in inst.get_runs() for e in inst.all_logs(r.run_id)]
+    assert any("point clouds" in m and "/" in m and "cells" in m for m in msgs)
+    assert any(m.startswith("training ") and "epochs" in m for m in msgs)
+    assert any("mAP permutation tests" in m for m in msgs)
+
+
 def test_ui_shows_the_hit_explanation_in_a_real_browser(demo_home):
     """Headless Chromium opens hit_explanations in the Dagster UI and renders a walk strip (a decoded PNG)."""
     from orchestration.ui_check import check_hit_explanation

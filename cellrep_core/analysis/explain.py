@@ -419,5 +419,12 @@ def explain_scope(data: ScopeData, treatments: list[tuple[str, float | None]] | 
     if treatments is None:
         t = data.meta[data.meta.drug.astype(str) != CONTROL][["drug", "concentration"]].drop_duplicates()
         treatments = [(str(d), None if pd.isna(c) else float(c)) for d, c in t.itertuples(index=False)]
-    return [explain_treatment(data, d, c, **kwargs) for d, c in sorted(treatments, key=lambda dc: (dc[0],
-                                                                                                   dc[1] or 0))]
+    from cellrep_core.progress import Progress
+
+    out = []
+    with Progress(f"explaining the treatments of {data.scope} {data.scope_id}", len(treatments),
+                  unit="treatments") as prog:
+        for d, c in sorted(treatments, key=lambda dc: (dc[0], dc[1] or 0)):
+            out.append(explain_treatment(data, d, c, **kwargs))
+            prog.update()
+    return out

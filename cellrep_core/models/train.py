@@ -186,7 +186,10 @@ def train_model(
     ckpt = ModelCheckpoint(dirpath=out, filename="best", monitor="val_loss" if val else None,
                            save_top_k=1 if val else 0, save_last=True)
     resume, start_epoch = resumable_checkpoint(out / LAST_CHECKPOINT, cfg.name) or (None, None)
-    cbs = [ckpt, *([EarlyStopping(monitor="val_loss", patience=cfg.patience)] if val else []), *(callbacks or [])]
+    from cellrep_core.progress import epoch_progress
+
+    cbs = [ckpt, *([EarlyStopping(monitor="val_loss", patience=cfg.patience)] if val else []),
+           epoch_progress(f"training {cfg.name} on {len(train)} cells", cfg.max_epochs), *(callbacks or [])]
     cuda = torch.cuda.is_available()
     with _quiet_lightning():
         trainer = L.Trainer(
@@ -335,8 +338,12 @@ def embed_items(
     """Invariant codes of cells: the mean over ``draws`` fixed input draws of each cell."""
     if not items:
         return np.zeros((0, model.encoder.code_dim), np.float32)
+    from cellrep_core.progress import Progress
+
     z = np.zeros((len(items), model.encoder.code_dim), np.float64)
     draws = n_draws(model.cfg, draws)
-    for d in range(draws):
-        z += embed_points(model, np.stack([model_inputs(it, model.cfg, d) for it in items]), batch_size)
+    with Progress(f"embedding {len(items)} cells with {model.cfg.name}", draws, unit="draws") as prog:
+        for d in range(draws):
+            z += embed_points(model, np.stack([model_inputs(it, model.cfg, d) for it in items]), batch_size)
+            prog.update()
     return (z / draws).astype(np.float32)

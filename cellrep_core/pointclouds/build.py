@@ -24,6 +24,7 @@ from cellrep_core.models.data import CloudItem
 from cellrep_core.pointclouds.punctate import MAX_EXPONENT, SMOOTH_SIGMA, intensity_sample
 from cellrep_core.pointclouds.sdf import sdf_pointcloud
 from cellrep_core.profiling.features import HANDCRAFTED_FEATURES, handcrafted_features
+from cellrep_core.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -152,13 +153,12 @@ def build_pointclouds(
         pool = ProcessPoolExecutor(n_workers, mp_context=mp.get_context("spawn"))
         it = pool.map(_worker, jobs, chunksize=max(1, len(rows) // (8 * n_workers)))
     try:
-        step = max(1, len(rows) // 10)
-        for i, res in enumerate(it, 1):
-            results.append(res)
-            if progress is not None:
-                progress(i, len(rows))
-            if i % step == 0 or i == len(rows):
-                log.info("point clouds: %d/%d cells (%.1f s)", i, len(rows), time.perf_counter() - t0)
+        with Progress(f"point clouds -> {Path(out_path).parent.name}/{Path(out_path).name}", len(rows)) as prog:
+            for i, res in enumerate(it, 1):
+                results.append(res)
+                if progress is not None:
+                    progress(i, len(rows))
+                prog.update()
     finally:
         if pool is not None:
             pool.shutdown()

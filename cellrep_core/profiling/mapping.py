@@ -209,13 +209,18 @@ def _plate_map(
         bad = cell_ids[norms == 0][:5].tolist()
         raise ValueError(f"plate {plate_id!r}: cells {bad} have an all-zero profile; cosine is undefined")
     if null == "permutation":
+        from cellrep_core.progress import Progress
+
         maps_, p = [], []
-        for k, d in enumerate(drug_names):
-            sel = is_ctrl | (drugs == d)
-            m_, p_, _ = map_permutation_test(x[sel], drugs[sel] == d, np.zeros(int(sel.sum())), False, null_size,
-                                             seed + k, threshold / (10 * len(drug_names)), blocks=strata[sel])
-            maps_.append(m_)
-            p.append(p_)
+        with Progress(f"mAP permutation tests of plate {plate_id}", len(drug_names), unit="treatments") as prog:
+            for k, d in enumerate(drug_names):
+                sel = is_ctrl | (drugs == d)
+                m_, p_, _ = map_permutation_test(x[sel], drugs[sel] == d, np.zeros(int(sel.sum())), False,
+                                                 null_size, seed + k, threshold / (10 * len(drug_names)),
+                                                 blocks=strata[sel])
+                maps_.append(m_)
+                p.append(p_)
+                prog.update()
         p = np.asarray(p, dtype=np.float64)
         q = benjamini_hochberg(p)
         return pd.DataFrame({

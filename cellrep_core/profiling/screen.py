@@ -73,12 +73,17 @@ def _pooled_map(treat: np.ndarray, plates: np.ndarray, x: np.ndarray, control: s
     if null == "permutation":
         if normalize:
             x = robust_normalize_blocks(x, blocks)
+        from cellrep_core.progress import Progress
+
         rows = []
-        for k, t in enumerate(names):
-            sel = is_ctrl | (treat == t)
-            m, p, _ = map_permutation_test(x[sel], treat[sel] == t, plates[sel], cross_plate, null_size, seed + k,
-                                           resolve_below, blocks=blocks[sel])
-            rows.append({"treatment": t, "mean_average_precision": m, "p_value": p})
+        with Progress(f"screen mAP permutation tests ({len(set(plates))} plates)", len(names),
+                      unit="treatments") as prog:
+            for k, t in enumerate(names):
+                sel = is_ctrl | (treat == t)
+                m, p, _ = map_permutation_test(x[sel], treat[sel] == t, plates[sel], cross_plate, null_size,
+                                               seed + k, resolve_below, blocks=blocks[sel])
+                rows.append({"treatment": t, "mean_average_precision": m, "p_value": p})
+                prog.update()
         return pd.DataFrame(rows, columns=["treatment", "mean_average_precision", "p_value"])
     if null != "copairs":
         raise ValueError(f"null must be 'permutation' or 'copairs', got {null!r}")
