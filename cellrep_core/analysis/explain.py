@@ -25,12 +25,14 @@ Dagster-free: ``assets/screens.py`` and ``cellrep explain`` are thin layers over
 from __future__ import annotations
 
 import html
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+log = logging.getLogger(__name__)
 CONTROL = "DMSO"
 N_PCS = 20
 N_SPLITS = 200
@@ -279,10 +281,42 @@ def _caption(row: pd.Series) -> str:
     return " · ".join(bits)
 
 
-def walk_strip(expl: Explanation, out: Path | None = None) -> bytes:
-    """PNG: the walk's DMSO cells (top row) and treated cells (bottom row) from DMSO to the treatment,
-    each as three orthogonal projections, captioned with its axis position and descriptors."""
+def decoded_walk(wh, expl: Explanation, k: int = 5) -> tuple[list[np.ndarray], float] | None:
+    """Decoded shapes along the walk: at each step the base model's decoder output for the mean canonical
+    latent of the ``k`` cells (either group) closest to the step on the axis (``analysis/representation.py``
+    explains why a code alone cannot be decoded); None when the model or the clouds are not at hand."""
+    from cellrep_core import paths, pipeline
+    from cellrep_core.analysis.representation import _true_inside_fraction, canonical_latents, decode_shapes
+    from cellrep_core.models.train import load_model
+    from cellrep_core.pointclouds.build import read_pointclouds
+
+    pos = expl.positions.reset_index(drop=True)
+    near = [np.argsort(np.abs(pos.position.to_numpy() - t), kind="stable")[:k] for t in expl.walk.position]
+    need = pos.iloc[np.unique(np.concatenate(near))]
+    try:
+        model = load_model(pipeline.model_by_version(wh, expl.model_version).path)
+        ds = pipeline.PLATES_DATASET
+        items = []
+        for pid, g in need.groupby("plate_id"):
+            items += read_pointclouds(paths.pointcloud_path(ds, str(pid)), cell_ids=list(g.cell_id))
+    except (LookupError, OSError) as err:
+        log.warning("decoded walk of %s skipped: %s", expl.drug, err)
+        return None
+    if len(items) != len(need):
+        return None
+    lat, eb = canonical_latents(model, items)
+    row_of = {it.cell_id: i for i, it in enumerate(items)}
+    means = np.stack([lat[[row_of[c] for c in pos.cell_id.iloc[n]]].mean(0) for n in near])
+    return decode_shapes(model, means, eb, _true_inside_fraction(model, eb))
+
+
+def walk_strip(expl: Explanation, out: Path | None = None,
+               decoded: tuple[list[np.ndarray], float] | None = None) -> bytes:
+    """PNG: the walk's DMSO cells (top row) and treated cells (second row) from DMSO to the treatment,
+    each as three orthogonal projections, captioned with its axis position and descriptors; with ``decoded``
+    (``decoded_walk``) a third row of decoded shapes."""
     from cellrep_core.analysis.render import read_cell_views, tiles_png
+    from cellrep_core.analysis.representation import shape_views
 
     pos = expl.positions.set_index("cell_id")
     rows = []
@@ -300,10 +334,17 @@ def walk_strip(expl: Explanation, out: Path | None = None) -> bytes:
                 img, cid = None, f"{cid}: {type(err).__name__}"
             row.append((img, f"{cid}\n{_caption(c)}"))
         rows.append(row)
+    labels = ["DMSO", expl.drug]
+    if decoded is not None:
+        shapes, level = decoded
+        lvl = f" (SDF < {level:.3f})" if level else ""
+        rows.append([(shape_views(sh), f"decoded {t:+.1f}σ{lvl}") for sh, t in zip(shapes, expl.walk.position,
+                                                                                   strict=True)])
+        labels.append("decoded")
     conc = "" if expl.concentration is None else f" @ {expl.concentration:g} µM"
     title = (f"{expl.drug}{conc} vs DMSO along the LDA axis ({expl.scope} {expl.scope_id}); separation "
              f"{expl.separation:.2f} = {expl.effect_size:.1f}x the DMSO-split baseline")
-    return tiles_png(rows, out, title, row_labels=["DMSO", expl.drug])
+    return tiles_png(rows, out, title, row_labels=labels)
 
 
 def axis_plot(expl: Explanation, out: Path | None = None) -> bytes:
@@ -352,7 +393,7 @@ def qvalue_rows(wh, expl: Explanation) -> pd.DataFrame:
     return df
 
 
-def write_report(wh, expl: Explanation, out_dir: Path) -> Path:
+def write_report(wh, expl: Explanation, out_dir: Path, decode: bool = True) -> Path:
     """One self-contained HTML file (pictures inline): q-values, the separation against its DMSO-split
     baseline, the walk strip with the real cells at both ends, descriptor trends. PNGs are written beside it."""
     from cellrep_core.analysis.render import png_data_uri
@@ -360,7 +401,7 @@ def write_report(wh, expl: Explanation, out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = report_stem(expl)
-    strip = walk_strip(expl, out_dir / f"{stem}_walk.png")
+    strip = walk_strip(expl, out_dir / f"{stem}_walk.png", decoded_walk(wh, expl) if decode else None)
     axis = axis_plot(expl, out_dir / f"{stem}_axis.png")
     s = expl.summary()
     q = qvalue_rows(wh, expl)
@@ -382,8 +423,10 @@ mean {expl.baseline_mean:.2f}, 95th percentile {expl.baseline_p95:.2f}. Effect s
 (empirical p {expl.empirical_p:.3f}, {len(expl.baseline)} splits).</p>
 <img alt="axis and baseline" src="{png_data_uri(axis)}">
 <h2>Real cells along the axis</h2>
-<p>From DMSO's 5th percentile to the treatment's 95th: the closest DMSO cell (top) and treated cell (bottom)
-to each step; each cell as top, front and side max projections (nucleus blue, structure magenta).</p>
+<p>From DMSO's 5th percentile to the treatment's 95th: the closest DMSO cell (top) and treated cell (middle)
+to each step; each cell as top, front and side max projections (nucleus blue, structure magenta). Bottom: the
+base model's decoded shape at each step (decoder input: the mean canonical latent of the 5 cells closest to
+the step on the axis).</p>
 <img alt="walk along the LDA axis" src="{png_data_uri(strip)}">
 {walk.to_html(index=False)}
 <h2>What changes along the axis</h2>
