@@ -32,6 +32,11 @@ def connect_readonly(with_embeddings: bool = True, as_of: datetime | None = None
                 con.register(name, fs.open_table(name, as_of=as_of).to_arrow())
             except LookupError:  # the table did not exist yet at as_of: it was empty then
                 con.register(name, fs.db.open_table(name).schema.empty_table())
+    # the SQL surface reads the warehouse and the embedding tables only: no files (COPY ... TO, read_csv, glob,
+    # ATTACH), no extensions, and a query cannot switch that back on
+    for setting in ("enable_external_access = false", "autoinstall_known_extensions = false",
+                    "autoload_known_extensions = false", "lock_configuration = true"):
+        con.execute(f"SET {setting}")
     return con
 
 
@@ -40,7 +45,14 @@ def run_sql(sql: str, fmt: str = "table", out: Path | None = None, as_of: dateti
     con = connect_readonly(as_of=as_of)
     try:
         df = con.execute(sql).df()
+    except duckdb.PermissionException as err:
+        raise PermissionError(
+            "cellrep sql reads the warehouse and the embedding tables only: files (COPY ... TO, read_csv, "
+            f"glob, ATTACH) and extensions are disabled; export with --out instead (DuckDB said: {err})"
+        ) from err
     except duckdb.InvalidInputException as err:
+        if "configuration has been locked" in str(err):
+            raise PermissionError(f"cellrep sql cannot change DuckDB's settings (DuckDB said: {err})") from err
         if "read-only" in str(err).lower() or "read only" in str(err).lower():
             raise PermissionError(
                 "cellrep sql is read-only: the warehouse is written only by the pipeline's assets "

@@ -111,13 +111,15 @@ def test_sql_is_read_only_and_sees_embeddings(demo_home):
     assert core_main(["sql", "insert into drug_truth (plate_id, drug, planted_effect) values ('a','b','c')"]) == 2
     df = run_sql("select cell_id, vector from cell_embeddings limit 3")
     assert len(df) == 3 and len(df.vector[0]) > 0
-    # SQL over embeddings agrees with the Python search
+    # SQL over embeddings agrees with the Python search in the same space (raw codes of the base model)
     cid = run_sql("select cell_id from cells where dataset='drug_plates' order by cell_id limit 1").cell_id[0]
+    base = run_sql("select model_version from models where model_name = 'sdf_tiny'").model_version[0]
     top = run_sql(f"""
-        with q as (select vector, model_version from cell_embeddings where cell_id = '{cid}')
-        select e.cell_id from cell_embeddings e, q where e.model_version = q.model_version and e.cell_id <> '{cid}'
+        with q as (select vector from cell_embeddings where cell_id = '{cid}' and model_version = '{base}')
+        select e.cell_id from cell_embeddings e, q where e.model_version = '{base}' and e.cell_id <> '{cid}'
         order by array_cosine_similarity(e.vector, q.vector) desc limit 1""").cell_id[0]
-    near = nearest_cells(cell_id=cid, k=2)
+    near = nearest_cells(cell_id=cid, k=2, space="raw")
+    assert set(near.model_version) == {base}
     assert near.cell_id.iloc[0] == cid and near.cell_id.iloc[1] == top
 
 
