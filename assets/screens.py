@@ -112,4 +112,49 @@ def hit_explanations(context: dg.AssetExecutionContext, config: HitExplanationCo
                                           **md})
 
 
-screen_asset_defs = [screen_qvalues, hit_explanations]
+@dg.asset(group_name="screens", deps=[screen_qvalues], kinds={"duckdb", "scikitlearn"},
+          automation_condition=sql_automation(),
+          description="Phenotype classifiers (seed 004) for every screen with cell truth: elastic-net multinomial "
+                      "logistic regression on the base model's profiling space and on the hand-crafted features, "
+                      "labels = planted effect (strength >= 0.5) or none, validated by holding out plate x well "
+                      "groups against shuffled labels (table phenotype_classifiers); KS enrichment of each "
+                      "treatment's held-out phenotype probabilities against DMSO, BH over the screen (table "
+                      "phenotype_enrichment).")
+def phenotype_enrichment(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+                         feature_store: FeatureStoreResource) -> dg.MaterializeResult:
+    from cellrep_core.profiling.phenotypes import screen_phenotypes
+    from cellrep_core.profiling.plots import enrichment_plot, pr_curves_plot
+
+    wh, fs = warehouse.get(), feature_store.get()
+    md: dict = {}
+    skipped = {}
+    for sid in pipeline.screens(wh):
+        t0 = time.perf_counter()
+        try:
+            summary, enrich, reports = screen_phenotypes(wh, fs, sid)
+        except (LookupError, ValueError) as err:  # no truth (a real screen), too few wells: say so, go on
+            skipped[sid] = str(err)
+            context.log.info(f"screen {sid}: no phenotype classifier: {err}")
+            continue
+        with wh.write() as con:
+            for table, df in (("phenotype_classifiers", summary), ("phenotype_enrichment", enrich)):
+                con.execute(f"DELETE FROM {table} WHERE screen_id = ?", [sid])
+                con.register("_incoming", df)
+                cols = ", ".join(df.columns)
+                con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _incoming")
+                con.unregister("_incoming")
+        out = paths.screen_reports_dir(sid)
+        pr = pr_curves_plot(reports, out / "phenotype_pr_curves.png", f"screen {sid}: held-out precision-recall")
+        en = enrichment_plot(enrich, out / "phenotype_enrichment.png", f"screen {sid}: phenotype enrichment")
+        context.log.info(f"screen {sid}: phenotype classifiers in {time.perf_counter() - t0:.1f} s: " + ", ".join(
+            f"{r.feature_set} macro-F1 {r.macro_f1:.2f} (shuffled {r.shuffled_macro_f1:.2f})"
+            for r in summary.itertuples()))
+        md[f"{sid}_classifiers"] = dg.MetadataValue.md(summary.round(3).to_markdown(index=False))
+        md[f"{sid}_enriched"] = dg.MetadataValue.md(
+            enrich[enrich.enriched].drop(columns=["screen_id"]).round(4).to_markdown(index=False) or "none")
+        md[f"{sid}_pr_curves_plot"] = dg.MetadataValue.md(_png_md(pr, f"{sid} PR curves"))
+        md[f"{sid}_enrichment_plot"] = dg.MetadataValue.md(_png_md(en, f"{sid} enrichment"))
+    return dg.MaterializeResult(metadata={"skipped": dg.MetadataValue.json(skipped), **md})
+
+
+screen_asset_defs = [screen_qvalues, hit_explanations, phenotype_enrichment]

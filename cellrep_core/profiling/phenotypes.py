@@ -62,16 +62,23 @@ class ClassifierReport:
                 **{f"f1_{c}": round(v, 4) for c, v in self.per_class_f1.items()}}
 
 
-def _logo_predict(x: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int, shuffle: bool, classes: list[str],
-                  **grid) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    """Held-out predictions and probabilities ``[n, n_classes]`` of leave-one-group-out."""
-    from sklearn.model_selection import LeaveOneGroupOut
+def _outer_splits(groups: np.ndarray, max_folds: int | None):
+    """Leave-one-group-out, or, with more groups than ``max_folds``, groups held out ``max_folds`` at a time
+    (GroupKFold: every group still held out exactly once, never split)."""
+    from sklearn.model_selection import GroupKFold, LeaveOneGroupOut
 
+    n = len(np.unique(groups))
+    return LeaveOneGroupOut() if max_folds is None or n <= max_folds else GroupKFold(n_splits=max_folds)
+
+
+def _logo_predict(x: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int, shuffle: bool, classes: list[str],
+                  max_folds: int | None = None, **grid) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """Held-out predictions and probabilities ``[n, n_classes]`` of leave-one-group-out."""
     rng = np.random.default_rng(seed)
     pred = np.empty(len(y), dtype=object)
     proba = np.zeros((len(y), len(classes)))
     params = []
-    for train, test in LeaveOneGroupOut().split(x, y, groups):
+    for train, test in _outer_splits(groups, max_folds).split(x, y, groups):
         yt = y[train].copy()
         if shuffle:
             yt = yt[rng.permutation(len(yt))]
@@ -87,8 +94,10 @@ def _logo_predict(x: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int, s
     return pred, proba, params
 
 
-def validate_classifier(x: np.ndarray, y, groups, seed: int = 0, c_grid=C_GRID, l1_grid=L1_GRID) -> ClassifierReport:
-    """Leave-one-group-out validation of the elastic-net classifier and of its shuffled-label twin."""
+def validate_classifier(x: np.ndarray, y, groups, seed: int = 0, c_grid=C_GRID, l1_grid=L1_GRID,
+                        max_folds: int | None = None) -> ClassifierReport:
+    """Leave-one-group-out validation of the elastic-net classifier and of its shuffled-label twin
+    (``max_folds``: hold groups out that many folds at a time when there are more groups)."""
     from sklearn.metrics import f1_score, precision_recall_curve
 
     x = np.asarray(x, dtype=np.float64)
@@ -101,7 +110,7 @@ def validate_classifier(x: np.ndarray, y, groups, seed: int = 0, c_grid=C_GRID, 
     classes = sorted(np.unique(y))
     if len(classes) < 2:
         raise ValueError(f"a phenotype classifier needs at least 2 labels, got {classes}")
-    grid = {"c_grid": c_grid, "l1_grid": l1_grid}
+    grid = {"c_grid": c_grid, "l1_grid": l1_grid, "max_folds": max_folds}
     pred, proba, params = _logo_predict(x, y, groups, seed, False, classes, **grid)
     spred, _, _ = _logo_predict(x, y, groups, seed + 1, True, classes, **grid)
     f1 = f1_score(y, pred.astype(str), labels=classes, average=None, zero_division=0)
@@ -156,3 +165,60 @@ def phenotype_enrichment(meta: pd.DataFrame, proba: np.ndarray, classes: list[st
     df["q_value"] = benjamini_hochberg(df.p_value.to_numpy())
     df["enriched"] = (df.q_value < threshold) & (df.mean_probability > df.control_mean_probability)
     return df
+
+
+# ---------------------------------------------------------------------------- a screen with known phenotypes
+
+PHENOTYPE_MIN_STRENGTH = 0.5
+
+
+def screen_labels(truth: pd.DataFrame, min_strength: float = PHENOTYPE_MIN_STRENGTH) -> np.ndarray:
+    """A synthetic screen's phenotype labels from its cell truth: the planted effect where the cell's strength
+    is at least ``min_strength``, else ``none`` (DMSO, null drugs, weak doses)."""
+    eff = truth["effect"].fillna("none").astype(str).to_numpy()
+    strength = pd.to_numeric(truth["strength"], errors="coerce").fillna(0).to_numpy()
+    return np.where((eff != "none") & (strength >= min_strength), eff, "none")
+
+
+def screen_phenotypes(wh, fs, screen_id: str, seed: int = 0, c_grid=(0.1, 1.0), l1_grid=(0.2, 0.8),
+                      max_folds: int = 6) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, ClassifierReport]]:
+    """Phenotype classifiers of a synthetic screen (labels: ``screen_labels``; groups: plate x well, held out
+    ``max_folds`` at a time) on the base model's profiling space and on the hand-crafted features, and the
+    enrichment of every treatment's held-out phenotype probabilities against DMSO.
+
+    Returns (classifier summary rows, enrichment rows, reports by feature set)."""
+    from cellrep_core import pipeline
+    from cellrep_core.analysis.explain import load_scope
+    from cellrep_core.profiling.mapping import position_classes, robust_normalize_blocks
+
+    data = load_scope(wh, fs, screen_id=screen_id)
+    plates = sorted(set(data.meta.plate_id))
+    truth = wh.query(f"SELECT cell_id, effect, strength, debris FROM cell_truth WHERE plate_id IN "
+                     f"({', '.join('?' * len(plates))})", plates)
+    if truth.empty:
+        raise LookupError(f"screen {screen_id} has no cell truth (cell_truth.csv): phenotype labels come from it")
+    meta = data.meta.merge(truth, on="cell_id", how="left")
+    keep = ~meta.debris.fillna(False).astype(bool).to_numpy() & meta.effect.notna().to_numpy()
+    meta = meta[keep].reset_index(drop=True)
+    hc = []
+    for pid in plates:
+        sets = pipeline.plate_feature_sets(wh, fs, pid, [])
+        m, x = next((m, x) for fset, _, m, x in sets if fset == "handcrafted")
+        m = m.reset_index(drop=True)
+        blocks = m.plate_id.astype(str).to_numpy() + "|" + position_classes(m)
+        hc.append(pd.DataFrame(robust_normalize_blocks(x, blocks), index=m.cell_id))
+    hcx = pd.concat(hc).loc[meta.cell_id].to_numpy()
+    spaces = {"embedding": data.features[keep], "handcrafted": hcx}
+    y = screen_labels(meta)
+    groups = meta.plate_id.astype(str).to_numpy() + "|" + meta.well.astype(str).to_numpy()
+    summary, enrich, reports = [], [], {}
+    for fset, x in spaces.items():
+        rep = validate_classifier(x, y, groups, seed, c_grid, l1_grid, max_folds)
+        reports[fset] = rep
+        summary.append({"screen_id": screen_id, "feature_set": fset, "n_cells": len(y), "labels": ",".join(rep.classes),
+                        "per_class_f1": str({k: round(v, 3) for k, v in rep.per_class_f1.items()}),
+                        **{k: v for k, v in rep.summary().items() if not k.startswith("f1_")}})
+        proba = rep.heldout[[f"proba_{c}" for c in rep.classes]].to_numpy()
+        e = phenotype_enrichment(meta[["drug", "concentration"]], proba, rep.classes)
+        enrich.append(e.assign(screen_id=screen_id, feature_set=fset))
+    return pd.DataFrame(summary), pd.concat(enrich, ignore_index=True), reports

@@ -76,3 +76,62 @@ def dose_response_plot(df: pd.DataFrame, out: Path, title: str = "") -> Path:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def pr_curves_plot(reports: dict, out: Path, title: str = "") -> Path:
+    """Held-out one-vs-rest precision-recall curves per phenotype, one panel per feature set, with macro-F1
+    against the shuffled-label baseline in the panel title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(reports), figsize=(4.6 * len(reports), 3.8), squeeze=False)
+    for ax, (fset, rep) in zip(axes[0], reports.items(), strict=True):
+        for cls, (r, p) in rep.pr_curves.items():
+            ax.plot(r, p, label=f"{cls} (F1 {rep.per_class_f1[cls]:.2f})")
+        ax.set_title(f"{fset}: macro-F1 {rep.macro_f1:.2f} (shuffled {rep.shuffled_macro_f1:.2f})", fontsize=9)
+        ax.set_xlabel("recall")
+        ax.set_ylabel("precision")
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
+def enrichment_plot(enrich: pd.DataFrame, out: Path, title: str = "") -> Path:
+    """-log10 q of each treatment x phenotype (signed: + where the treatment's probability is the higher), one
+    panel per feature set; enriched cells outlined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = list(dict.fromkeys(enrich.feature_set))
+    fig, axes = plt.subplots(1, len(sets), figsize=(4.8 * len(sets), 0.28 * enrich.groupby(
+        ["drug", "concentration"]).ngroups + 1.8), squeeze=False)
+    for ax, fset in zip(axes[0], sets, strict=True):
+        e = enrich[enrich.feature_set == fset].copy()
+        e["treatment"] = e.drug + " @ " + e.concentration.map(lambda c: f"{c:g}")
+        sign = np.where(e.mean_probability > e.control_mean_probability, 1.0, -1.0)
+        e["score"] = sign * -np.log10(np.maximum(e.q_value, 1e-6))
+        m = e.pivot(index="treatment", columns="phenotype", values="score")
+        im = ax.imshow(m.to_numpy(), cmap="RdBu_r", vmin=-4, vmax=4, aspect="auto")
+        ax.set_yticks(range(len(m)), m.index, fontsize=7)
+        ax.set_xticks(range(m.shape[1]), m.columns, fontsize=7, rotation=45)
+        en = e.pivot(index="treatment", columns="phenotype", values="enriched").fillna(False).to_numpy()
+        for i, j in zip(*np.nonzero(en), strict=True):
+            ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=1.5, color="black"))
+        ax.set_title(fset, fontsize=9)
+        fig.colorbar(im, ax=ax, label="signed -log10 q")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out

@@ -66,6 +66,14 @@ SCHEMA: dict[str, str] = {
     "pc_correlations": """
         dataset VARCHAR, model_version VARCHAR, pc INTEGER, explained_variance_ratio DOUBLE, descriptor VARCHAR,
         pearson_r DOUBLE, n INTEGER, computed_at TIMESTAMP DEFAULT current_timestamp""",
+    "phenotype_classifiers": """
+        screen_id VARCHAR, feature_set VARCHAR, n_cells INTEGER, labels VARCHAR, macro_f1 DOUBLE,
+        shuffled_macro_f1 DOUBLE, n_groups INTEGER, best_C DOUBLE, best_l1_ratio DOUBLE, per_class_f1 VARCHAR,
+        computed_at TIMESTAMP DEFAULT current_timestamp""",
+    "phenotype_enrichment": """
+        screen_id VARCHAR, feature_set VARCHAR, drug VARCHAR, concentration DOUBLE, phenotype VARCHAR,
+        n_cells INTEGER, mean_probability DOUBLE, control_mean_probability DOUBLE, ks_statistic DOUBLE,
+        p_value DOUBLE, q_value DOUBLE, enriched BOOLEAN, computed_at TIMESTAMP DEFAULT current_timestamp""",
     "hit_explanations": """
         scope VARCHAR, scope_id VARCHAR, drug VARCHAR, concentration DOUBLE, model_version VARCHAR,
         n_treated INTEGER, n_control INTEGER, n_pcs INTEGER, separation DOUBLE, baseline_mean DOUBLE,
