@@ -35,4 +35,4 @@ def test_mode_profiles_and_kl_from_dmso():
     assert np.allclose(prof.loc["DMSO"].to_numpy(), [0.9, 0.1])
     assert kl.drug.tolist() == ["hit", "null"]
     assert abs(kl.kl_from_dmso[0] - (0.2 * np.log(0.2 / 0.9) + 0.8 * np.log(0.8 / 0.1))) < 1e-9
-    assert kl.kl_from_dmso[1] < 0.01 and (kl.n_cells == 5).all()
+    assert kl.kl_from_dmso[1] < 0.02 and (kl.n_cells == 5).all()
