@@ -157,4 +157,46 @@ def phenotype_enrichment(context: dg.AssetExecutionContext, warehouse: Warehouse
     return dg.MaterializeResult(metadata={"skipped": dg.MetadataValue.json(skipped), **md})
 
 
-screen_asset_defs = [screen_qvalues, hit_explanations, phenotype_enrichment]
+class ShapeModeConfig(dg.Config):
+    """IDEC epochs and the number of shape modes (0: by silhouette over 2-8)."""
+
+    max_epochs: int = 5
+    k: int = 0
+
+
+@dg.asset(group_name="screens", deps=[screen_qvalues], kinds={"duckdb", "pytorch"}, pool="gpu",
+          automation_condition=sql_automation(),
+          description="Shape modes of every screen (seed 002): deep embedded clustering (IDEC) of its cells on a "
+                      "copy of the base model, each treatment's mean soft assignment and its KL divergence from "
+                      "DMSO (table mode_kl), per-cell modes (shape_modes), a dendrogram of treatments by profile.")
+def screen_shape_modes(context: dg.AssetExecutionContext, config: ShapeModeConfig,
+                       warehouse: WarehouseResource) -> dg.MaterializeResult:
+    from cellrep_core.analysis.modes import dendrogram_plot, screen_modes
+
+    wh = warehouse.get()
+    md: dict = {}
+    skipped = {}
+    for sid in pipeline.screens(wh):
+        try:
+            fit, cells, prof, kl = screen_modes(wh, sid, k=config.k or None, max_epochs=config.max_epochs)
+        except (LookupError, ValueError) as err:
+            skipped[sid] = str(err)
+            context.log.info(f"screen {sid}: no shape modes: {err}")
+            continue
+        wh.replace("shape_modes", cells[["scope", "scope_id", "cell_id", "mode", "soft", "model_version"]],
+                   {"scope": "screen", "scope_id": sid})
+        wh.replace("mode_kl", kl, {"screen_id": sid})
+        fit_row = {"scope": "screen", "scope_id": sid, "k": fit.k, "epochs": fit.epochs,
+                   "model_version": kl.model_version.iloc[0]}
+        wh.replace("shape_mode_fits", pd.DataFrame([fit_row]), {"scope": "screen", "scope_id": sid})
+        png = dendrogram_plot(prof, paths.screen_reports_dir(sid) / "shape_modes_dendrogram.png",
+                              f"screen {sid}: {fit.k} shape modes (IDEC)")
+        md[f"{sid}_k"] = fit.k
+        md[f"{sid}_kl"] = dg.MetadataValue.md(kl.drop(columns=["screen_id", "model_version"]).round(4)
+                                              .to_markdown(index=False))
+        md[f"{sid}_dendrogram_plot"] = dg.MetadataValue.md(_png_md(png, f"{sid} dendrogram"))
+        context.log.info(f"screen {sid}: {fit.k} shape modes after {fit.epochs} epochs")
+    return dg.MaterializeResult(metadata={"skipped": dg.MetadataValue.json(skipped), **md})
+
+
+screen_asset_defs = [screen_qvalues, hit_explanations, phenotype_enrichment, screen_shape_modes]

@@ -21,6 +21,8 @@ TABLE_ASSETS: dict[str, list[str]] = {
     "phenotype_enrichment": ["phenotype_enrichment"],
     "phenotype_classifiers": ["phenotype_enrichment"],
     "hit_explanations": ["hit_explanations"],
+    "mode_kl": ["screen_shape_modes"],
+    "shape_modes": ["screen_shape_modes"],
     "pointcloud_index": ["plate_pointclouds", *(f"{d}_pointclouds" for d in _REF)],
     "handcrafted_features": ["plate_pointclouds", *(f"{d}_pointclouds" for d in _REF)],
     "models": ["plate_model", *(f"{d}_model" for d in _REF)],

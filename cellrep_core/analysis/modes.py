@@ -208,3 +208,87 @@ def mode_distributions(meta: pd.DataFrame, soft: np.ndarray,
         rows.append({"drug": d, "concentration": float(c), "kl_from_dmso": float((pv * np.log(pv / ref)).sum()),
                      "n_cells": int((key == t).sum())})
     return prof, pd.DataFrame(rows).sort_values("kl_from_dmso", ascending=False).reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------- data sets and screens
+
+def dataset_modes(wh, dataset: str, partition: str = "reference", k: int | None = None, max_epochs: int = 10,
+                  seed: int = 0) -> tuple[ModeFit, pd.DataFrame, dict]:
+    """IDEC on a reference data set with its base model: the fit, a per-cell table (cell_id, label, mode,
+    kmeans_mode, soft) and agreement with the label (adjusted Rand index of DEC and of k-means on the frozen
+    codes at the same k)."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from cellrep_core import paths, pipeline
+    from cellrep_core.models.train import load_model
+    from cellrep_core.pointclouds.build import read_pointclouds
+
+    tm = pipeline.latest_model(wh, dataset)
+    items = read_pointclouds(paths.pointcloud_path(dataset, partition))
+    fit = fit_modes(load_model(tm.path), items, k=k, max_epochs=max_epochs, seed=seed)
+    labels = wh.query("SELECT cell_id, label FROM cells WHERE dataset = ?", [dataset]).set_index("cell_id")
+    lab = labels.reindex([it.cell_id for it in items]).label.astype(str).to_numpy()
+    cells = pd.DataFrame({"scope": "dataset", "scope_id": dataset, "cell_id": [it.cell_id for it in items],
+                          "label": lab, "mode": fit.modes + 1, "kmeans_mode": fit.kmeans_modes + 1,
+                          "soft": [list(map(float, r)) for r in fit.soft], "model_version": tm.version})
+    stats = {"k": fit.k, "ari_dec": float(adjusted_rand_score(lab, fit.modes)),
+             "ari_kmeans": float(adjusted_rand_score(lab, fit.kmeans_modes)), "epochs": fit.epochs,
+             "silhouette": fit.silhouette, "label_changes": fit.label_changes}
+    return fit, cells, stats
+
+
+def screen_modes(wh, screen_id: str, k: int | None = None, max_epochs: int = 5,
+                 seed: int = 0) -> tuple[ModeFit, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """IDEC on a screen's cells with the base model that embedded its plates: the fit, per-cell modes, mode
+    profiles per treatment, and each treatment's KL divergence from DMSO (with its planted effect, if any)."""
+    from cellrep_core import paths, pipeline
+    from cellrep_core.models.train import load_model
+    from cellrep_core.pointclouds.build import read_pointclouds
+
+    plates = pipeline.screens(wh).get(screen_id)
+    if not plates:
+        raise LookupError(f"no plate registered for screen {screen_id!r}")
+    bases = {pipeline.plate_models(wh, p)[0].version for p in plates}
+    if len(bases) > 1:
+        raise LookupError(f"screen {screen_id}: plates embedded by different base models {sorted(bases)}")
+    tm = pipeline.model_by_version(wh, bases.pop())
+    items = [it for p in plates for it in read_pointclouds(paths.pointcloud_path(pipeline.PLATES_DATASET, p))]
+    ph = ", ".join("?" * len(plates))
+    meta = wh.query(f"SELECT cell_id, plate_id, drug, concentration FROM cells WHERE plate_id IN ({ph})", plates)
+    meta = meta.set_index("cell_id").loc[[it.cell_id for it in items]].reset_index()
+    fit = fit_modes(load_model(tm.path), items, k=k, max_epochs=max_epochs, seed=seed)
+    prof, kl = mode_distributions(meta, fit.soft)
+    truth = wh.query(f"SELECT drug, concentration, any_value(planted_effect) AS planted_effect, avg(strength) AS "
+                     f"strength FROM drug_truth WHERE plate_id IN ({ph}) GROUP BY ALL", plates)
+    kl = kl.merge(truth, on=["drug", "concentration"], how="left").assign(screen_id=screen_id, k=fit.k,
+                                                                          model_version=tm.version)
+    cells = meta.assign(scope="screen", scope_id=screen_id, mode=fit.modes + 1,
+                        soft=[list(map(float, r)) for r in fit.soft], model_version=tm.version)
+    return fit, cells, prof, kl
+
+
+def dendrogram_plot(prof: pd.DataFrame, out, title: str = ""):
+    """Hierarchical clustering (average linkage, Jensen-Shannon distance) of treatments by mode profile."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy.cluster.hierarchy import dendrogram, linkage
+    from scipy.spatial.distance import jensenshannon, pdist
+
+    d = pdist(prof.to_numpy(), metric=lambda a, b: jensenshannon(a, b))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 0.25 * len(prof) + 2), gridspec_kw={"width_ratios": [1, 1.3]})
+    den = dendrogram(linkage(d, "average"), labels=list(prof.index), orientation="left", ax=a,
+                     leaf_font_size=7, color_threshold=0)
+    a.set_title("treatments by shape-mode profile (JS distance)", fontsize=9)
+    order = den["ivl"][::-1]
+    im = b.imshow(prof.loc[order].to_numpy(), aspect="auto", cmap="viridis", vmin=0)
+    b.set_yticks(range(len(order)), order, fontsize=7)
+    b.set_xticks(range(prof.shape[1]), prof.columns, fontsize=7, rotation=45)
+    fig.colorbar(im, ax=b, label="mean soft assignment")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out

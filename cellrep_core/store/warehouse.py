@@ -74,6 +74,14 @@ SCHEMA: dict[str, str] = {
         screen_id VARCHAR, feature_set VARCHAR, drug VARCHAR, concentration DOUBLE, phenotype VARCHAR,
         n_cells INTEGER, mean_probability DOUBLE, control_mean_probability DOUBLE, ks_statistic DOUBLE,
         p_value DOUBLE, q_value DOUBLE, enriched BOOLEAN, computed_at TIMESTAMP DEFAULT current_timestamp""",
+    "shape_modes": """
+        scope VARCHAR, scope_id VARCHAR, cell_id VARCHAR, mode INTEGER, soft DOUBLE[], model_version VARCHAR""",
+    "shape_mode_fits": """
+        scope VARCHAR, scope_id VARCHAR, model_version VARCHAR, k INTEGER, epochs INTEGER, ari_dec DOUBLE,
+        ari_kmeans DOUBLE, computed_at TIMESTAMP DEFAULT current_timestamp""",
+    "mode_kl": """
+        screen_id VARCHAR, drug VARCHAR, concentration DOUBLE, planted_effect VARCHAR, strength DOUBLE,
+        kl_from_dmso DOUBLE, n_cells INTEGER, k INTEGER, model_version VARCHAR""",
     "hit_explanations": """
         scope VARCHAR, scope_id VARCHAR, drug VARCHAR, concentration DOUBLE, model_version VARCHAR,
         n_treated INTEGER, n_control INTEGER, n_pcs INTEGER, separation DOUBLE, baseline_mean DOUBLE,
