@@ -1,8 +1,9 @@
 """Progress of long work: done / total, elapsed and ETA, logged on the ``cellrep_core`` logger.
 
 Every stage that takes more than a few seconds (sampling point clouds, training, embedding, permutation tests,
-the benchmark, explanations) reports through ``Progress`` or ``EpochProgress``. Messages are throttled (one
-every ``every_s`` seconds, plus the first and the last), so a long loop is never silent and never floods.
+the benchmark, explanations) reports through ``Progress`` or ``epoch_progress``. Messages are throttled (one
+every ``every_s`` seconds, and the last when the work took at least half that), so a long loop is never
+silent and a short one never floods.
 Where they show up: Dagster routes the ``cellrep_core`` logger into the run log (``python_logs`` in the
 instance's dagster.yaml, written by ``orchestration/demo.py``), and ``cellrep demo`` prints them in the
 terminal.
@@ -38,20 +39,21 @@ class Progress:
         self._last = -float("inf")
 
     def __enter__(self) -> Progress:
-        self.t0 = time.perf_counter()
-        self.log.info("%s: 0/%d %s", self.label, self.total, self.unit)
-        self._last = self.t0
+        self.t0 = self._last = time.perf_counter()
         return self
 
     def __exit__(self, *exc) -> None:
-        if exc[0] is None and self.done != self.total:
+        if exc[0] is None and self.done < self.total and time.perf_counter() - self.t0 >= self.every_s / 2:
             self._emit(final=True)
 
     def update(self, n: int = 1, note: str = "") -> None:
         self.done += n
         now = time.perf_counter()
-        if self.done >= self.total or now - self._last >= self.every_s:
-            self._emit(final=self.done >= self.total, note=note)
+        final = self.done >= self.total
+        # a line every ``every_s`` seconds; the last one only for work that took a while (a loop that ends in a
+        # few seconds stays silent: the benchmark embeds dozens of small batches)
+        if (final and now - self.t0 >= self.every_s / 2) or (not final and now - self._last >= self.every_s):
+            self._emit(final=final, note=note)
             self._last = now
 
     def message(self, note: str = "") -> str:
