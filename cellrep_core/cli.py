@@ -400,3 +400,6 @@ def main(argv: list[str] | None = None) -> int:
     except (PermissionError, LookupError, ValueError) as err:
         print(f"cellrep: {err}", file=sys.stderr)
         return 2
+    except duckdb.Error as err:  # a SQL mistake (unknown table or column, syntax): DuckDB's message, no traceback
+        print(f"cellrep: {err}", file=sys.stderr)
+        return 2

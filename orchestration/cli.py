@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 
+import duckdb
+
 from cellrep_core import cli as core_cli
 
 
@@ -48,5 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return core_cli.run(args)
     except (PermissionError, LookupError, ValueError) as err:
+        print(f"cellrep: {err}", file=sys.stderr)
+        return 2
+    except duckdb.Error as err:  # a SQL mistake (unknown table or column, syntax): DuckDB's message, no traceback
         print(f"cellrep: {err}", file=sys.stderr)
         return 2

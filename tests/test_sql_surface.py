@@ -28,3 +28,9 @@ def test_sql_still_reads_and_the_cli_says_why_it_refused(home, tmp_path, capsys)
     # exporting goes through --out, which cellrep writes itself
     assert core_main(["sql", "select 1 as a", "--format", "csv", "--out", str(tmp_path / "a.csv")]) == 0
     assert (tmp_path / "a.csv").read_text().splitlines() == ["a", "1"]
+
+
+def test_a_sql_mistake_is_a_message_not_a_traceback(home, capsys):
+    assert core_main(["sql", "select * from no_such_table"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cellrep: Catalog Error") and "Traceback" not in err
