@@ -70,7 +70,9 @@ def check_hit_explanation(screenshot: Path, timeout_s: float = 180.0) -> dict:
 
     port = _free_port()
     cli = str(Path(sys.executable).with_name("cellrep"))
-    log = Path(screenshot).with_suffix(".server.log")
+    from cellrep_core import paths
+
+    log = paths.cellrep_home() / "reports" / "ui_check_server.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
         proc = subprocess.Popen([cli, "ui", "--port", str(port)], cwd=ROOT, env=dict(os.environ),

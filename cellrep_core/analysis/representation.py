@@ -2,8 +2,9 @@
 
 * **Cell shape features** per cell from its masks (``shape_features``): nuclear volume, surface area,
   sphericity and principal extents, cell volume where a cell mask exists, structure volume and surface area.
-* **PCA** of the whitened codes (the space profiling uses): explained variance, and the Pearson correlation of
-  every principal component with every shape and hand-crafted feature.
+* **PCA** of the codes (raw: whitening, which profiling uses, gives every axis of the training cells unit
+  variance, and their principal components would be arbitrary): explained variance, and the Pearson
+  correlation of every principal component with every shape and hand-crafted feature.
 * **Latent walks** along the top PCs (-2σ … +2σ): at each point the closest real cell (in the top PCs) and a
   decoded shape. The invariant code alone does not drive the SO(3) SDF decoder (it also takes the latent
   vectors), so the decoder input of a walk point is the mean canonical-frame latent of its 5 nearest real
@@ -306,7 +307,7 @@ def interpret_dataset(wh, fs, dataset: str, out_dir: Path, model_version: str | 
     codes by its base model (or ``model_version``); pictures under ``out_dir``."""
     from cellrep_core import paths, pipeline
     from cellrep_core.analysis.render import tiles_png
-    from cellrep_core.models.train import load_model, load_whitening
+    from cellrep_core.models.train import load_model
     from cellrep_core.pointclouds.build import read_pointclouds
 
     say = progress or (lambda msg: None)
@@ -315,7 +316,9 @@ def interpret_dataset(wh, fs, dataset: str, out_dir: Path, model_version: str | 
     if len(meta) < 8:
         raise LookupError(f"{dataset}: {len(meta)} cells embedded by {tm.version}; embed the data set first "
                           "(at least 8 cells)")
-    x = load_whitening(tm.path).transform(vecs).astype(np.float64)
+    # PCA of the raw codes: the whitened ones have unit variance along every axis of the training cells, so their
+    # principal components would be arbitrary (explained variance 1/d each on the reference set itself)
+    x = np.asarray(vecs, dtype=np.float64)
     cells = wh.query("SELECT cell_id, label, source_path, channels, voxel_size_um FROM cells WHERE dataset = ?",
                      [dataset])
     cells = meta[["cell_id"]].merge(cells, on="cell_id", how="left")
