@@ -160,7 +160,7 @@ def phenotype_enrichment(context: dg.AssetExecutionContext, warehouse: Warehouse
 class ShapeModeConfig(dg.Config):
     """IDEC epochs and the number of shape modes (0: by silhouette over 2-8)."""
 
-    max_epochs: int = 5
+    max_epochs: int = 3
     k: int = 0
 
 

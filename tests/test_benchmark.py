@@ -1,7 +1,6 @@
 """The benchmark metrics with planted answers: known intrinsic dimension, separable vs random labels, linear
 interpolation, NULL rows with reasons, the canonical frame of the model protocol, plots and leaderboard."""
 
-import time
 
 import numpy as np
 import pandas as pd
@@ -327,49 +326,6 @@ def test_point_cloud_models_smaller_than_image_models(kind, size):
         counts[family or "vn_"] = sum(p.numel() for p in build_model(cfg).parameters())
     assert len(latents) == 1, latents
     assert max(counts["vn_"], counts["dgcnn_"]) < min(counts["so3cnn_"], counts["cnn_"]), counts
-
-
-def _encoder_seconds_per_cell(name: str, batch: int = 8, repeats: int = 5, **overrides) -> float:
-    """Fastest of ``repeats`` encoder passes over a batch of random inputs, per cell (eval mode, no grad)."""
-    cfg = get_config(name, **overrides)
-    torch.manual_seed(0)
-    model = build_model(cfg).eval()
-    if cfg.family == "image":
-        x = torch.rand(batch, 1, cfg.image_size, cfg.image_size, cfg.image_size)
-    else:
-        x = 10 * torch.randn(batch, cfg.n_points, 4 if cfg.kind == "punctate" else 3)
-    times = []
-    with torch.no_grad():
-        model(x)  # warm-up: first-call allocations, escnn expands its filters
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - t0)
-    return min(times) / batch
-
-
-def test_inference_speed_follows_the_papers_input_sizes():
-    """Which family infers faster depends on how many voxels an image holds per point of the cloud, and the
-    paper's two results follow from its two input sizes:
-
-    - punctate (Fig. 2b: point clouds faster): 118³ images vs 2,048 points, 800 voxels per point. Here
-      32³ images vs 128 points (256 per point, fewer than the paper's: in the images' favour). Measured
-      (2-core CPU): VN-DGCNN 0.8 ms, DGCNN 0.5 ms vs SO(3) CNN 3.6 ms, CNN 2.6 ms per cell.
-    - polymorphic (Fig. 5b: the point-cloud model "less efficient in … inference time"): 32³ SDF images
-      vs as many surface points as voxels. Here 16³ images vs 512 points (8 voxels per point): measured
-      VN-DGCNN 15 ms, DGCNN 8 ms vs SO(3) CNN 1.2 ms, CNN 0.8 ms.
-
-    ``make bench-image --paper`` measures the published sizes (README, "The model benchmark")."""
-    ms = {n: 1e3 * _encoder_seconds_per_cell(n, **kw) for n, kw in (
-        ("punctate_tiny", {}), ("punctate_dgcnn_tiny", {}),
-        ("punctate_so3cnn_tiny", {"image_size": 32}), ("punctate_cnn_tiny", {"image_size": 32}),
-        ("sdf_demo", {}), ("sdf_dgcnn_demo", {}), ("sdf_so3cnn_demo", {}), ("sdf_cnn_demo", {}))}
-    punctate_clouds = max(ms["punctate_tiny"], ms["punctate_dgcnn_tiny"])
-    punctate_images = min(ms["punctate_so3cnn_tiny"], ms["punctate_cnn_tiny"])
-    assert 2 * punctate_clouds < punctate_images, ms
-    sdf_clouds = min(ms["sdf_demo"], ms["sdf_dgcnn_demo"])
-    sdf_images = max(ms["sdf_so3cnn_demo"], ms["sdf_cnn_demo"])
-    assert 2 * sdf_images < sdf_clouds, ms
 
 
 class _OffsetCentroidModel(torch.nn.Module):

@@ -85,3 +85,14 @@ def test_cell_pictures_show_the_masks(tmp_path):
     png = tiles_png([[(img, "a"), (None, "missing")]], tmp_path / "t.png", "title")
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "t.png").stat().st_size == len(png)
     assert png_data_uri(png).startswith("data:image/png;base64,iVBOR")
+
+
+def test_a_group_smaller_than_the_walk_leaves_empty_steps():
+    data = _scope(n_drug=4)
+    e = explain_treatment(data, "frag", 1.0, n_pcs=5, n_splits=20, n_steps=7)
+    assert e.walk.treated_cell_id.notna().sum() == 4 and e.walk.dmso_cell_id.notna().all()
+    assert np.isfinite(walk_trend(e, "truth_n_pieces"))
+    # the strip draws the missing steps as empty tiles (and unreadable images as named empty tiles)
+    from cellrep_core.analysis.explain import walk_strip
+
+    assert walk_strip(e)[:4] == b"\x89PNG"

@@ -254,7 +254,7 @@ def walk_trend(expl: Explanation, descriptor: str) -> float:
     xs, vs = [], []
     for r in expl.walk.itertuples():
         cands = [(abs(getattr(r, f"{k}_position") - r.position), getattr(r, f"{k}_cell_id"))
-                 for k in ("treated", "dmso") if getattr(r, f"{k}_cell_id") is not None]
+                 for k in ("treated", "dmso") if pd.notna(getattr(r, f"{k}_cell_id"))]
         if not cands:
             continue
         cid = min(cands)[1]
@@ -324,7 +324,7 @@ def walk_strip(expl: Explanation, out: Path | None = None,
         row = []
         for r in expl.walk.itertuples():
             cid = getattr(r, f"{key}_cell_id")
-            if cid is None:
+            if pd.isna(cid):  # fewer cells in the group than steps
                 row.append((None, f"step {r.step}: none"))
                 continue
             c = pos.loc[cid]

@@ -237,7 +237,7 @@ def dataset_modes(wh, dataset: str, partition: str = "reference", k: int | None 
     return fit, cells, stats
 
 
-def screen_modes(wh, screen_id: str, k: int | None = None, max_epochs: int = 5,
+def screen_modes(wh, screen_id: str, k: int | None = None, max_epochs: int = 3,
                  seed: int = 0) -> tuple[ModeFit, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """IDEC on a screen's cells with the base model that embedded its plates: the fit, per-cell modes, mode
     profiles per treatment, and each treatment's KL divergence from DMSO (with its planted effect, if any)."""
