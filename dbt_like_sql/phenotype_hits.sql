@@ -1,12 +1,5 @@
 -- Phenotypes enriched per treatment (KS of held-out phenotype probabilities against DMSO, BH q < 0.05), per
 -- screen and feature set, next to the planted effect (synthetic screens); one row per treatment.
-with truth as (
-    select p.screen_id, t.drug, t.concentration, any_value(t.planted_effect) as planted_effect,
-        avg(t.strength) as strength
-    from drug_truth as t
-    join plates as p on p.plate_id = t.plate_id
-    group by all
-)
 select
     e.screen_id,
     e.feature_set,
@@ -17,7 +10,7 @@ select
     list(e.phenotype order by e.q_value) filter (where e.enriched) as enriched_phenotypes,
     min(e.q_value) filter (where e.phenotype <> 'none') as min_q_value
 from phenotype_enrichment as e
-left join truth as t
+left join screen_truth as t
     on t.screen_id = e.screen_id and t.drug = e.drug and coalesce(t.concentration, -1) = coalesce(e.concentration, -1)
 group by all
 order by e.screen_id, e.feature_set, e.drug, e.concentration

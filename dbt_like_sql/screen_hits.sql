@@ -1,12 +1,5 @@
 -- Screen-level hits: every drug x concentration over a screen's replicate plates, per feature set and model
 -- role (base zero-shot, fine-tuned, hand-crafted), next to the planted effect and its strength (synthetic screens).
-with truth as (
-    select p.screen_id, t.drug, t.concentration, any_value(t.planted_effect) as planted_effect,
-        avg(t.strength) as strength
-    from drug_truth as t
-    join plates as p on p.plate_id = t.plate_id
-    group by all
-)
 select
     s.screen_id,
     s.drug,
@@ -24,6 +17,6 @@ select
     coalesce(t.planted_effect, 'unknown') as planted_effect,
     round(t.strength, 3) as strength
 from screen_qvalues as s
-left join truth as t
+left join screen_truth as t
     on t.screen_id = s.screen_id and t.drug = s.drug and coalesce(t.concentration, -1) = coalesce(s.concentration, -1)
 order by s.screen_id, s.model_role, s.drug, s.concentration

@@ -20,7 +20,8 @@ AUTO_RUN = {"ops": {"plate_qvalues": {"config": {"null_size": 200}}}}
 # the SQL models and screen assets that read plate tables (model_leaderboard reads benchmark_metrics only)
 SQL_MODELS = {"cell_embeddings_meta", "drug_hits", "drug_hits_compare", "plate_qc",
               "screen_qvalues", "screen_hits", "dose_response", "hit_explanations",
-              "phenotype_enrichment", "phenotype_hits", "screen_shape_modes", "shape_mode_ranking"}
+              "phenotype_enrichment", "phenotype_hits", "screen_shape_modes", "shape_mode_ranking",
+              "screen_truth"}
 
 
 def _tick(inst, cursor):

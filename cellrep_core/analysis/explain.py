@@ -349,12 +349,12 @@ def walk_strip(expl: Explanation, out: Path | None = None,
 
 def axis_plot(expl: Explanation, out: Path | None = None) -> bytes:
     """PNG: positions of DMSO and treated cells on the axis, and the separation against its baseline."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from cellrep_core.analysis.render import figure_png
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3))
     p = expl.positions
@@ -369,15 +369,7 @@ def axis_plot(expl: Explanation, out: Path | None = None) -> bytes:
     b.axvline(expl.baseline_p95, color="black", ls="--", lw=0.8, label=f"baseline 95th pct {expl.baseline_p95:.2f}")
     b.set_xlabel("separation (Cohen's d on the LDA axis)")
     b.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    data = buf.getvalue()
-    if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_bytes(data)
-    return data
+    return figure_png(fig, out)
 
 
 def qvalue_rows(wh, expl: Explanation) -> pd.DataFrame:

@@ -94,6 +94,13 @@ def tiles_png(tiles: list[list[tuple[np.ndarray | None, str]]], out: Path | None
                 ax.set_ylabel(row_labels[i], fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
+    return figure_png(fig, out, dpi)
+
+
+def figure_png(fig, out: Path | None = None, dpi: int = 90) -> bytes:
+    """A matplotlib figure as PNG bytes (laid out, then closed), also written to ``out``."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)

@@ -94,13 +94,7 @@ def pr_curves_plot(reports: dict, out: Path, title: str = "") -> Path:
         ax.set_xlabel("recall")
         ax.set_ylabel("precision")
         ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return _save(fig, out, title)
 
 
 def enrichment_plot(enrich: pd.DataFrame, out: Path, title: str = "") -> Path:
@@ -128,6 +122,10 @@ def enrichment_plot(enrich: pd.DataFrame, out: Path, title: str = "") -> Path:
             ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=1.5, color="black"))
         ax.set_title(fset, fontsize=9)
         fig.colorbar(im, ax=ax, label="signed -log10 q")
+    return _save(fig, out, title)
+
+
+def _save(fig, out: Path, title: str = "") -> Path:
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
