@@ -138,7 +138,8 @@ def nearest_cells(cell_id: str | None = None, vector: np.ndarray | None = None, 
     The model version (the space) defaults to the base model, which embeds every plate, not the query cell's
     plate's fine-tuned model, which has seen that plate only. ``space="profiling"`` (default) compares codes as
     drug profiling does: whitened by the model's whitening, cosine distance, exact over the rows the filters
-    select (raw codes of unrelated cells sit ~1e-3 apart in cosine: one shared direction dominates them);
+    select (raw codes of unrelated cells sit 1e-4 to 1e-3 apart in cosine: one shared direction dominates them;
+    a large table with few filters is better searched with ``space="raw"``, which uses the ANN index);
     ``space="raw"`` is the feature store's cosine search on raw codes (ANN index above 30k rows). An empty
     answer is an error that says which model versions embedded the cells asked for."""
     from cellrep_core import pipeline
