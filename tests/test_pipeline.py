@@ -63,8 +63,10 @@ def test_bad_cells_quarantined_rest_processed(demo_home):
     wh = Warehouse()
     q = wh.query("select plate_id, reason, detail, source_path from quarantine order by plate_id, reason")
     assert list(q.reason) == ["empty_segmentation", "unreadable"] * 2
-    assert all(r.source_path.endswith(".tiff") and r.source_path.split("/")[-1].split(".")[0] in r.detail
-               or r.detail for r in q.itertuples())
+    # each reason names the file and what to do about it
+    for r in q.itertuples():
+        assert r.source_path.endswith(".tiff") and r.source_path in r.detail, r
+        assert ("re-run the structure segmentation" if r.reason == "empty_segmentation" else "re-export") in r.detail
     per_plate = wh.query("select plate_id, count(*) n from cells where dataset='drug_plates' group by 1 order by 1")
     assert list(per_plate.n) == [N_PLATE, N_PLATE]
 
@@ -146,18 +148,24 @@ def test_nearest_filters_and_paths(demo_home):
 
 
 def test_nearest_of_a_rotated_copy_is_the_cell_itself(demo_home, tmp_path):
-    """A cell's cloud rotated by a random SO(3) rotation, embedded on the fly, finds the stored cell first."""
+    """A cell's stored cloud turned by a random SO(3) rotation and embedded on the fly under another name (so
+    another draw of its points: nothing but the model makes the two codes agree) finds the stored cell among
+    the first few of the plates' 112 cells (measured ranks 0-6, median 1.5, over these 10 cells; a random
+    ranking would put it near 56)."""
     from scipy.spatial.transform import Rotation
 
     from cellrep_core.pointclouds.build import read_pointclouds
 
-    cid = Warehouse().query("select min(cell_id) c from cells where plate_id = ? and drug <> 'DMSO'", [PB]).c[0]
-    item = read_pointclouds(paths.pointcloud_path("drug_plates", PB), cell_ids=[cid])[0]
-    rot = Rotation.random(random_state=3).as_matrix()
-    np.save(tmp_path / f"{cid}.npy", item.points @ rot.T)  # same name: the same fixed draw of points
-    near = nearest_cells(file=tmp_path / f"{cid}.npy", k=3, filters={"dataset": "drug_plates"})
-    assert near.cell_id.iloc[0] == cid and near.distance.iloc[0] < 1e-5
-    assert near.distance.iloc[1] > 100 * max(near.distance.iloc[0], 1e-9)
+    cells = Warehouse().query("select cell_id c from cells where plate_id = ? order by cell_id", [PB]).c[:10]
+    items = read_pointclouds(paths.pointcloud_path("drug_plates", PB), cell_ids=list(cells))
+    ranks = []
+    for k, item in enumerate(items):
+        rot = Rotation.random(random_state=k).as_matrix()
+        np.save(tmp_path / "rotated_copy.npy", item.points @ rot.T)
+        near = nearest_cells(file=tmp_path / "rotated_copy.npy", k=20, filters={"dataset": "drug_plates"})
+        ranks.append(list(near.cell_id).index(item.cell_id) if item.cell_id in set(near.cell_id) else 99)
+    assert np.median(ranks) <= 2 and max(ranks) < 10, ranks
+    cid = items[0].cell_id
     # an image file is sampled like an ingested cell; a wrong channel list is a clear error
     src = Warehouse().query("select source_path from cells where cell_id = ?", [cid]).source_path.iloc[0]
     same = nearest_cells(file=src, channels="nucleus;structure", k=1, filters={"dataset": "drug_plates"})
