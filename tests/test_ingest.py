@@ -277,3 +277,20 @@ def test_truncated_tiff_is_unreadable_and_tifffile_errors_are_not_printed(tmp_pa
         read_cell_image(path, "nucleus;structure", "c1")
     assert err.value.reason == "unreadable" and str(path) in str(err.value)
     assert not [r for r in caplog.records if r.name == "tifffile"]
+
+
+def test_an_image_larger_than_the_limit_is_refused_from_its_header(tmp_path, monkeypatch):
+    """The header's declared size is checked before any pixel is read; the limit is an environment setting."""
+    from cellrep_core.data.cells import read_cell_image, write_cell_tiff
+    from cellrep_core.errors import CellInputError
+
+    path = tmp_path / "c.tiff"
+    write_cell_tiff(path, {"nucleus": np.ones((16, 20, 24)), "structure": np.ones((16, 20, 24))})
+    assert set(read_cell_image(path, "nucleus;structure", "c")) == {"nucleus", "structure"}
+    monkeypatch.setenv("CELLREP_MAX_IMAGE_BYTES", "4000")  # the file holds 2 x 7,680 bytes of pixels
+    with pytest.raises(CellInputError) as err:
+        read_cell_image(path, "nucleus;structure", "c")
+    assert err.value.reason == "image_too_large" and str(path) in str(err.value) and "GiB" in str(err.value)
+    monkeypatch.setenv("CELLREP_MAX_IMAGE_BYTES", "lots")
+    with pytest.raises(ValueError, match="CELLREP_MAX_IMAGE_BYTES"):
+        read_cell_image(path, "nucleus;structure", "c")

@@ -89,6 +89,38 @@ def _tifffile_errors():
         lg.propagate = propagate
 
 
+MAX_IMAGE_BYTES = 4 * 2**30
+
+
+class _TooLarge(Exception):
+    def __init__(self, nbytes: int) -> None:
+        super().__init__(nbytes)
+        self.nbytes = nbytes
+
+
+def max_image_bytes() -> int:
+    """The largest image (bytes of pixels its header declares) a cell may have: ``CELLREP_MAX_IMAGE_BYTES``,
+    default 4 GiB. A header that declares more is refused before any pixel is read."""
+    import os
+
+    raw = os.environ.get("CELLREP_MAX_IMAGE_BYTES", "")
+    try:
+        return int(float(raw)) if raw else MAX_IMAGE_BYTES
+    except ValueError:
+        raise ValueError(f"CELLREP_MAX_IMAGE_BYTES={raw!r} is not a number of bytes") from None
+
+
+def _declared_bytes(tif) -> int:
+    """Bytes of pixels the file's header declares (all series), without reading them."""
+    total = 0
+    for s in tif.series:
+        n = 1
+        for d in s.shape:
+            n *= int(d)
+        total += n * np.dtype(s.dtype).itemsize
+    return total
+
+
 def read_cell_image(path: Path, channels: list[str] | str, cell_id: str) -> dict[str, np.ndarray]:
     """Read one cell's CZYX (or single-channel ZYX) TIFF / OME-TIFF and return channel name -> ZYX array.
 
@@ -120,11 +152,24 @@ def read_cell_image(path: Path, channels: list[str] | str, cell_id: str) -> dict
             f"{path} does not exist; fix the manifest's path column (relative to the manifest's folder, "
             "or to --data-root) or restore the file.",
         )
+    limit = max_image_bytes()
     try:
         with _tifffile_errors() as reported, tifffile.TiffFile(path) as tif:
+            declared = _declared_bytes(tif)
+            if declared > limit:  # refused from the header, before anything is allocated
+                raise _TooLarge(declared)
             arr = tif.asarray()
         if reported:  # tifffile logs (and skips) broken pages instead of raising: a truncated file
             raise ValueError("; ".join(reported))
+    except _TooLarge as big:
+        raise CellInputError(
+            cell_id,
+            path,
+            "image_too_large",
+            f"{path} declares {big.nbytes / 2**30:.1f} GiB of pixels, above the limit of {limit / 2**30:.1f} GiB "
+            f"per image (CELLREP_MAX_IMAGE_BYTES); crop or downsample it, or raise the limit if the machine has "
+            "the memory.",
+        ) from None
     except Exception as exc:  # any reader failure means the file cannot be used
         raise CellInputError(
             cell_id,
