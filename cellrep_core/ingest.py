@@ -88,6 +88,17 @@ def validate_cell_arrays(images: dict, shape_type: str, cell_id: str, path: Path
     )
 
 
+def scoped_cell_id(local_id: str, scope: str) -> str:
+    """The stored id of a manifest's cell: its plate's (else its data set's) name, then its own id, unless the
+    id already starts with that name. ``cells.cell_id`` is one key across every plate and data set, while
+    users number cells per plate or field of view (``A01_001`` on every plate): a re-imaged plate under a new
+    plate id, or one field of view ingested as two data sets, would otherwise collide."""
+    local_id, scope = str(local_id), str(scope)
+    if not scope or local_id == scope or local_id.startswith(scope + "_"):
+        return local_id
+    return f"{scope}_{local_id}"
+
+
 def _cell_row(row: dict, cell_id: str, ds: str, pid: str, path: Path, channels: str, voxel_um: float) -> dict:
     return {
         "cell_id": cell_id,
@@ -205,7 +216,9 @@ def ingest_manifest(
     for row in df.to_dict("records"):
         ds = dataset or row.get("dataset") or manifest.parent.name
         pid = plate_id if plate_id is not None else str(row.get("plate_id") or "")
-        cell_id = str(row["cell_id"])
+        local = str(row["cell_id"])
+        cell_id = scoped_cell_id(local, pid or ds)
+        row = {**row, "cell_id": cell_id}
         if "cell_labels" in str(row["channels"]).split(";"):
             try:
                 g, b = _ingest_fov_row(
@@ -223,7 +236,7 @@ def ingest_manifest(
                     cell_id,
                     row["path"],
                     "duplicate_cell_id",
-                    f"cell_id {cell_id} appears more than once in {manifest}; make ids unique",
+                    f"cell_id {local} appears more than once in {manifest}; make ids unique",
                 )
             seen.add(cell_id)
             path = resolve_path(manifest.parent, str(row["path"]), cell_id, data_root)

@@ -376,7 +376,12 @@ def write_truth(wh: Warehouse, plate_dir: Path, plate_id: str) -> int:
     cf = Path(plate_dir) / "cell_truth.csv"
     cells = pd.read_csv(cf, dtype={"cell_id": str, "plate_id": str, "well": str, "drug": str, "effect": str}) \
         if cf.exists() else None
-    cells = cells.assign(plate_id=plate_id) if cells is not None else pd.DataFrame()
+    if cells is not None:  # the ids the plate's cells were stored under (``ingest.scoped_cell_id``)
+        from cellrep_core.ingest import scoped_cell_id
+
+        cells = cells.assign(plate_id=plate_id, cell_id=[scoped_cell_id(c, plate_id) for c in cells.cell_id])
+    else:
+        cells = pd.DataFrame()
     wh.replace_many([("drug_truth", df, {"plate_id": plate_id}), ("cell_truth", cells, {"plate_id": plate_id})])
     return len(df)
 

@@ -108,20 +108,21 @@ def test_field_of_view_rows_become_cells(tmp_path):
     )
     crops = tmp_path / "crops"
     res = ingest_manifest(man, crops_dir=crops)
-    assert list(res.cells.cell_id) == ["F1_c001", "F1_c002"]
+    # stored ids carry the data set's name (the manifest folder "fovs"): cells.cell_id is one key for all data
+    assert list(res.cells.cell_id) == ["fovs_F1_c001", "fovs_F1_c002"]
     assert set(res.cells.channels) == {"cell;nucleus;structure"}
     assert (res.cells.voxel_size_um == 0.1).all()
     q = dict(zip(res.quarantine.cell_id, res.quarantine.reason, strict=True))
     assert q == {
-        "F1_c003": "touches_border",
-        "F2": "unknown_channel",
-        "F3": "unknown_channel",
-        "F4": "bad_voxel_size",
-        "F5": "unreadable",
+        "fovs_F1_c003": "touches_border",
+        "fovs_F2": "unknown_channel",
+        "fovs_F3": "unknown_channel",
+        "fovs_F4": "bad_voxel_size",
+        "fovs_F5": "unreadable",
     }
     assert all(res.quarantine.detail.str.len() > 20)
     # crops are isotropic (z resampled 3x) and the structure is masked by its cell
-    crop = tifffile.imread(crops / "F1_c001.tiff")
+    crop = tifffile.imread(crops / "fovs_F1_c001.tiff")
     assert crop.shape[0] == 3 and crop.shape[1] == (8 + 4) * 3
     assert crop[2].any() and not (crop[2] & ~crop[0]).any()
     # a second run writes the same cells
@@ -185,10 +186,10 @@ def test_crop_channels_by_index_and_anisotropic_voxels_resampled(tmp_path):
     ]
     pd.DataFrame(rows).to_csv(d / "manifest.csv", index=False)
     res = ingest_manifest(d / "manifest.csv", crops_dir=tmp_path / "out")
-    assert list(res.cells.cell_id) == ["c1"]
+    assert list(res.cells.cell_id) == ["crops_c1"]
     assert dict(zip(res.quarantine.cell_id, res.quarantine.reason, strict=True)) == {
-        "c2": "unknown_channel",
-        "c3": "bad_voxel_size",
+        "crops_c2": "unknown_channel",
+        "crops_c3": "bad_voxel_size",
     }
     row = res.cells.iloc[0]
     assert row.channels == "nucleus;cell;structure" and row.voxel_size_um == pytest.approx(0.1)
@@ -235,7 +236,7 @@ def test_one_manifest_with_every_bad_input(tmp_path, home):
     first = pipeline.ingest(d / "manifest.csv", wh, "ds")
     q = wh.query("select cell_id, reason, stage, detail from quarantine order by cell_id")
     got = dict(zip(q.cell_id, q.reason, strict=False))
-    assert got == {
+    assert got == {f"ds_{k}": v for k, v in {
         "bad_truncated": "unreadable",
         "bad_2d": "wrong_dimensionality",
         "bad_empty": "empty_segmentation",
@@ -245,10 +246,10 @@ def test_one_manifest_with_every_bad_input(tmp_path, home):
         "bad_escape": "path_outside_root",
         rows[1]["cell_id"]: "duplicate_cell_id",
         "bad_channel": "unknown_channel",
-    }
+    }.items()}
     assert set(q.stage) == {"ingest"} and all(len(x) > 30 for x in q.detail)
     cells = wh.query("select cell_id from cells order by cell_id").cell_id.tolist()
-    assert cells == sorted(good.cell_id)
+    assert cells == sorted(f"ds_{c}" for c in good.cell_id)
     second = pipeline.ingest(d / "manifest.csv", wh, "ds")
     assert first == second
     assert wh.query("select (select count(*) from cells) c, (select count(*) from quarantine) q").iloc[0].tolist() == [
@@ -294,3 +295,30 @@ def test_an_image_larger_than_the_limit_is_refused_from_its_header(tmp_path, mon
     monkeypatch.setenv("CELLREP_MAX_IMAGE_BYTES", "lots")
     with pytest.raises(ValueError, match="CELLREP_MAX_IMAGE_BYTES"):
         read_cell_image(path, "nucleus;structure", "c")
+
+
+def test_plates_and_data_sets_that_reuse_local_cell_ids_do_not_collide(home, tmp_path):
+    """Users number cells per plate (A01_001 on every plate): two plates with the same local ids, and one
+    manifest ingested as two data sets, are all kept; stored ids carry the plate's (else data set's) name."""
+    from cellrep_core.ingest import scoped_cell_id
+
+    assert scoped_cell_id("A01_001", "plate_7") == "plate_7_A01_001"
+    assert scoped_cell_id("plate_7_A01_001", "plate_7") == "plate_7_A01_001"  # already scoped: unchanged
+    assert scoped_cell_id("c1", "") == "c1"
+    src = tmp_path / "src"
+    generate_drug_plate(src, plate_id="p", seed=3, n_dmso=3, n_per_drug=2, drugs={"d1": "shrink"}, grid=32,
+                        n_bad=0)
+    man = pd.read_csv(src / "manifest.csv")
+    man["cell_id"] = [f"{w}_{i:03d}" for i, w in enumerate(man.well)]  # local ids, the same on both plates
+    man.to_csv(src / "manifest.csv", index=False)
+    wh = Warehouse()
+    for pid in ("plate_a", "plate_a_reimaged"):
+        pipeline.ingest(src / "manifest.csv", wh, pipeline.PLATES_DATASET, pid)
+    for ds in ("set_one", "set_two"):
+        pipeline.ingest(src / "manifest.csv", wh, ds)
+    n = len(man)
+    got = wh.query("select dataset, plate_id, count(*) n, min(cell_id) first from cells group by all order by all")
+    assert got.n.tolist() == [n] * 4
+    assert sorted(got["first"].str.split("_A|_B|_C|_D|_E|_F|_G|_H", regex=True).str[0]) == [
+        "plate_a", "plate_a_reimaged", "set_one", "set_two"]
+    assert wh.query("select count(distinct cell_id) n from cells").n[0] == 4 * n
