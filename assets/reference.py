@@ -118,7 +118,7 @@ def reference_assets(spec: ReferenceSpec) -> list[dg.AssetsDefinition]:
         return dg.MaterializeResult(metadata=benchmark_metadata(res))
 
     @dg.asset(name=f"{ds}_interpretation", group_name="reference", deps=[embeddings], kinds={"duckdb"},
-              description=f"What the base model of {ds} has learned: PCA of its whitened codes and each PC's "
+              description=f"What the base model of {ds} has learned: PCA of its codes and each PC's "
                           "correlation with cell shape features (tables pc_correlations, cell_shape_features), "
                           "walks along the top PCs with the closest real cells and decoded shapes, archetypes, "
                           "nuclear-volume bins, a t-SNE map; pictures inline and under reports/<dataset>/"

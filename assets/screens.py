@@ -88,9 +88,10 @@ def hit_explanations(context: dg.AssetExecutionContext, config: HitExplanationCo
             continue
         hits = ex.base_hits(wh, scope, sid)
         out_dir = paths.explain_reports_dir(scope, sid)
+        decoder = ex.ScopeDecoder(wh, data)
         rows = []
         for i, e in enumerate(expls):
-            path = ex.write_report(wh, e, out_dir)
+            path = ex.write_report(wh, e, out_dir, decoder)
             rows.append({**e.summary(), "is_hit": (e.drug, e.concentration) in hits, "report_path": str(path)})
             context.log.info(f"{scope} {sid}: explained {e.drug} @ {e.concentration} ({i + 1}/{len(expls)}), "
                              f"effect size {e.effect_size:.2f}")
@@ -136,13 +137,8 @@ def phenotype_enrichment(context: dg.AssetExecutionContext, warehouse: Warehouse
             skipped[sid] = str(err)
             context.log.info(f"screen {sid}: no phenotype classifier: {err}")
             continue
-        with wh.write() as con:
-            for table, df in (("phenotype_classifiers", summary), ("phenotype_enrichment", enrich)):
-                con.execute(f"DELETE FROM {table} WHERE screen_id = ?", [sid])
-                con.register("_incoming", df)
-                cols = ", ".join(df.columns)
-                con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _incoming")
-                con.unregister("_incoming")
+        wh.replace_many([("phenotype_classifiers", summary, {"screen_id": sid}),
+                         ("phenotype_enrichment", enrich, {"screen_id": sid})])
         out = paths.screen_reports_dir(sid)
         pr = pr_curves_plot(reports, out / "phenotype_pr_curves.png", f"screen {sid}: held-out precision-recall")
         en = enrichment_plot(enrich, out / "phenotype_enrichment.png", f"screen {sid}: phenotype enrichment")

@@ -248,34 +248,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def default_concentration(wh, scope: str, scope_id: str, drug: str) -> float | None:
+def default_concentration(wh, data, drug: str) -> float | None:
     """The highest concentration of a drug that is a base-model hit in the scope, else its highest one."""
-    if scope == "screen":
-        df = wh.query("SELECT concentration, is_hit FROM screen_qvalues WHERE screen_id = ? AND drug = ? "
-                      "AND model_role = 'base'", [scope_id, drug])
-    else:
-        df = wh.query("SELECT q.concentration, q.is_hit FROM drug_qvalues q JOIN models m "
-                      "ON m.model_version = q.model_version WHERE q.plate_id = ? AND q.drug = ? "
-                      "AND coalesce(m.plate_id, '') = ''", [scope_id, drug])
-    df = df[df.concentration.notna()]
-    if df.empty:
-        return None
-    hits = df[df.is_hit.astype(bool)]
-    return float((hits if not hits.empty else df).concentration.max())
+    from cellrep_core.analysis.explain import base_hits
+
+    hit = [c for d, c in base_hits(wh, data.scope, data.scope_id) if d == drug and c is not None]
+    conc = pd.to_numeric(data.meta.concentration[data.meta.drug.astype(str) == drug], errors="coerce").dropna()
+    return max(hit) if hit else (float(conc.max()) if len(conc) else None)
 
 
 def explain_command(screen: str | None, plate: str | None, drug: str, concentration: float | None,
                     out: Path | None) -> tuple[Path, dict]:
     """``cellrep explain``: the report of one drug (at one concentration) of a screen or plate."""
-    from cellrep_core.analysis.explain import explain_treatment, load_scope, write_report
+    from cellrep_core.analysis.explain import ScopeDecoder, explain_treatment, load_scope, write_report
     from cellrep_core.store.warehouse import Warehouse
 
     wh = Warehouse()
     data = load_scope(wh, FeatureStore(), plate_id=plate, screen_id=screen)
     if concentration is None:
-        concentration = default_concentration(wh, data.scope, data.scope_id, drug)
+        concentration = default_concentration(wh, data, drug)
     expl = explain_treatment(data, drug, concentration)
-    path = write_report(wh, expl, out or paths.explain_reports_dir(data.scope, data.scope_id))
+    path = write_report(wh, expl, out or paths.explain_reports_dir(data.scope, data.scope_id),
+                        ScopeDecoder(wh, data))
     return path, expl.summary()
 
 

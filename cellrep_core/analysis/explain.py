@@ -51,6 +51,19 @@ class ScopeData:
     model_version: str
     meta: pd.DataFrame  # cell_id, plate_id, drug, concentration, well, source_path, channels, descriptors
     features: np.ndarray  # [n, d] robust z-scored whitened codes
+    # the scope's PCA and DMSO-split baselines are the same for every treatment of the scope: computed once
+    _pcs: dict = field(default_factory=dict, repr=False)
+    _baselines: dict = field(default_factory=dict, repr=False)
+
+    def pcs(self, n_pcs: int, seed: int) -> tuple[np.ndarray, list[float]]:
+        """Scores of every cell on the top principal components, and their explained variance ratios."""
+        from sklearn.decomposition import PCA
+
+        k = int(min(n_pcs, self.features.shape[1], len(self.meta) - 1))
+        if (k, seed) not in self._pcs:
+            pca = PCA(n_components=k, random_state=seed).fit(self.features)
+            self._pcs[(k, seed)] = (pca.transform(self.features), [float(v) for v in pca.explained_variance_ratio_])
+        return self._pcs[(k, seed)]
 
 
 @dataclass
@@ -101,8 +114,10 @@ class Explanation:
         }
 
 
-def load_scope(wh, fs, plate_id: str | None = None, screen_id: str | None = None) -> ScopeData:
-    """A plate's or a screen's cells in the base model's profiling space (see the module docstring)."""
+def load_scope(wh, fs, plate_id: str | None = None, screen_id: str | None = None,
+               feature_set: str = "embedding") -> ScopeData:
+    """A plate's or a screen's cells in the base model's profiling space (see the module docstring), or with
+    ``feature_set="handcrafted"`` their hand-crafted features, normalised the same way."""
     from cellrep_core import pipeline
     from cellrep_core.profiling.mapping import position_classes, robust_normalize_blocks
 
@@ -126,8 +141,8 @@ def load_scope(wh, fs, plate_id: str | None = None, screen_id: str | None = None
             raise LookupError(f"plate {pid} has no base model embedding yet ({err}); "
                               "materialize its plate assets") from err
         versions.add(base.version)
-        sets = pipeline.plate_feature_sets(wh, fs, pid, [base.version])
-        _, _, meta, x = sets[0]
+        sets = pipeline.plate_feature_sets(wh, fs, pid, [base.version] if feature_set == "embedding" else [])
+        _, _, meta, x = next(st for st in sets if st[0] == feature_set)
         meta = meta.reset_index(drop=True)
         blocks = meta["plate_id"].astype(str).to_numpy() + "|" + position_classes(meta, control=CONTROL)
         metas.append(meta)
@@ -172,7 +187,6 @@ def explain_treatment(data: ScopeData, drug: str, concentration: float | None = 
     """LDA axis, separation against the DMSO-split baseline, and the walk of real cells for one treatment
     (``concentration=None``: the drug's cells at every concentration)."""
     from scipy.stats import spearmanr
-    from sklearn.decomposition import PCA
 
     meta = data.meta
     is_drug = meta["drug"].astype(str).to_numpy() == drug
@@ -192,21 +206,25 @@ def explain_treatment(data: ScopeData, drug: str, concentration: float | None = 
     if n_t < 2 or n_c < 4:
         raise ValueError(f"{data.scope} {data.scope_id}: {n_t} cells of {drug} and {n_c} DMSO cells; an LDA "
                          "explanation needs at least 2 treated and 4 DMSO cells")
-    k = int(min(n_pcs, data.features.shape[1], len(meta) - 1))
-    pca = PCA(n_components=k, random_state=seed).fit(data.features)
-    pcs = pca.transform(data.features)
+    pcs, explained = data.pcs(n_pcs, seed)
+    k = pcs.shape[1]
     sel = is_drug | is_ctrl
     x, y = pcs[sel], is_drug[sel].astype(int)
     w, separation = _lda_axis(x, y)
-    # the baseline: random splits of DMSO into a pseudo-treatment of the treatment's size and the rest
-    rng = np.random.default_rng(seed)
-    xc = pcs[is_ctrl]
+    # the baseline: random splits of DMSO into a pseudo-treatment of the treatment's size and the rest (the same
+    # for every treatment of that size in the scope)
     n_pseudo = min(n_t, n_c // 2)
-    base = np.empty(n_splits)
-    for i in range(n_splits):
-        yy = np.zeros(n_c, dtype=int)
-        yy[rng.choice(n_c, n_pseudo, replace=False)] = 1
-        base[i] = _lda_axis(xc, yy)[1]
+    key = (k, n_pseudo, n_splits, seed)
+    if key not in data._baselines:
+        rng = np.random.default_rng(seed)
+        xc = pcs[is_ctrl]
+        base = np.empty(n_splits)
+        for i in range(n_splits):
+            yy = np.zeros(n_c, dtype=int)
+            yy[rng.choice(n_c, n_pseudo, replace=False)] = 1
+            base[i] = _lda_axis(xc, yy)[1]
+        data._baselines[key] = base
+    base = data._baselines[key]
     s = pcs @ w
     mu_c, sd_c = s[is_ctrl].mean(), max(s[is_ctrl].std(ddof=1), 1e-12)
     pos = (s - mu_c) / sd_c
@@ -225,7 +243,7 @@ def explain_treatment(data: ScopeData, drug: str, concentration: float | None = 
     hi = max(float(np.percentile(pos[is_drug], 95)), lo + 1e-6)
     walk = _walk(positions, np.linspace(lo, hi, n_steps))
     return Explanation(data.scope, data.scope_id, drug, concentration, data.model_version, n_t, n_c, k,
-                       [float(v) for v in pca.explained_variance_ratio_], separation, base, positions, walk, trends)
+                       explained, separation, base, positions, walk, trends)
 
 
 def _walk(positions: pd.DataFrame, steps: np.ndarray) -> pd.DataFrame:
@@ -281,33 +299,65 @@ def _caption(row: pd.Series) -> str:
     return " · ".join(bits)
 
 
-def decoded_walk(wh, expl: Explanation, k: int = 5) -> tuple[list[np.ndarray], float] | None:
-    """Decoded shapes along the walk: at each step the base model's decoder output for the mean canonical
-    latent of the ``k`` cells (either group) closest to the step on the axis (``analysis/representation.py``
-    explains why a code alone cannot be decoded); None when the model or the clouds are not at hand."""
-    from cellrep_core import paths, pipeline
-    from cellrep_core.analysis.representation import _true_inside_fraction, canonical_latents, decode_shapes
-    from cellrep_core.models.train import load_model
-    from cellrep_core.pointclouds.build import read_pointclouds
+class ScopeDecoder:
+    """The scope's base model and canonical latents, loaded once for all of its treatments' decoded walks:
+    each plate's clouds are read once, each cell's latent computed once."""
 
-    pos = expl.positions.reset_index(drop=True)
-    near = [np.argsort(np.abs(pos.position.to_numpy() - t), kind="stable")[:k] for t in expl.walk.position]
-    need = pos.iloc[np.unique(np.concatenate(near))]
+    def __init__(self, wh, data: ScopeData) -> None:
+        from cellrep_core import pipeline
+        from cellrep_core.models.train import load_model
+
+        self.model = load_model(pipeline.model_by_version(wh, data.model_version).path)
+        self._items: dict[str, object] = {}
+        self._plates_read: set[str] = set()
+        self._lat: dict[str, np.ndarray] = {}
+        self._eb = None
+        self._inside: float | None = None
+
+    def latents(self, cells: pd.DataFrame) -> np.ndarray:
+        """Canonical latents ``[n, D]`` of ``cells`` (cell_id, plate_id)."""
+        from cellrep_core import paths, pipeline
+        from cellrep_core.analysis.representation import canonical_latents
+        from cellrep_core.pointclouds.build import read_pointclouds
+
+        for pid in set(cells.plate_id.astype(str)) - self._plates_read:
+            for it in read_pointclouds(paths.pointcloud_path(pipeline.PLATES_DATASET, pid)):
+                self._items[it.cell_id] = it
+            self._plates_read.add(pid)
+        todo = [c for c in dict.fromkeys(cells.cell_id) if c not in self._lat]
+        missing = [c for c in todo if c not in self._items]
+        if missing:
+            raise LookupError(f"no stored clouds for cells {missing[:5]}")
+        if todo:
+            lat, eb = canonical_latents(self.model, [self._items[c] for c in todo])
+            self._lat.update(zip(todo, lat, strict=True))
+            if self._eb is None:  # any cells' batch serves as the decoder's query grid and inside share
+                from cellrep_core.analysis.representation import _true_inside_fraction
+
+                self._eb, self._inside = eb, _true_inside_fraction(self.model, eb)
+        return np.stack([self._lat[c] for c in cells.cell_id])
+
+    def walk(self, expl: Explanation, k: int = 5) -> tuple[list[np.ndarray], float]:
+        """Decoded shapes along the walk: at each step the decoder output for the mean canonical latent of the
+        ``k`` cells (either group) closest to the step on the axis (``analysis/representation.py`` explains
+        why a code alone cannot be decoded)."""
+        from cellrep_core.analysis.representation import decode_shapes
+
+        pos = expl.positions.reset_index(drop=True)
+        near = [np.argsort(np.abs(pos.position.to_numpy() - t), kind="stable")[:k] for t in expl.walk.position]
+        means = np.stack([self.latents(pos.iloc[n]).mean(0) for n in near])
+        return decode_shapes(self.model, means, self._eb, self._inside)
+
+
+def decoded_walk(wh, expl: Explanation, decoder: ScopeDecoder | None) -> tuple[list[np.ndarray], float] | None:
+    """The decoded walk, or None (with a warning) when the model or the clouds are not at hand."""
+    if decoder is None:
+        return None
     try:
-        model = load_model(pipeline.model_by_version(wh, expl.model_version).path)
-        ds = pipeline.PLATES_DATASET
-        items = []
-        for pid, g in need.groupby("plate_id"):
-            items += read_pointclouds(paths.pointcloud_path(ds, str(pid)), cell_ids=list(g.cell_id))
+        return decoder.walk(expl)
     except (LookupError, OSError) as err:
         log.warning("decoded walk of %s skipped: %s", expl.drug, err)
         return None
-    if len(items) != len(need):
-        return None
-    lat, eb = canonical_latents(model, items)
-    row_of = {it.cell_id: i for i, it in enumerate(items)}
-    means = np.stack([lat[[row_of[c] for c in pos.cell_id.iloc[n]]].mean(0) for n in near])
-    return decode_shapes(model, means, eb, _true_inside_fraction(model, eb))
 
 
 def walk_strip(expl: Explanation, out: Path | None = None,
@@ -385,15 +435,16 @@ def qvalue_rows(wh, expl: Explanation) -> pd.DataFrame:
     return df
 
 
-def write_report(wh, expl: Explanation, out_dir: Path, decode: bool = True) -> Path:
+def write_report(wh, expl: Explanation, out_dir: Path, decoder: ScopeDecoder | None = None) -> Path:
     """One self-contained HTML file (pictures inline): q-values, the separation against its DMSO-split
-    baseline, the walk strip with the real cells at both ends, descriptor trends. PNGs are written beside it."""
+    baseline, the walk strip with the real cells at both ends (and decoded shapes, given the scope's
+    ``decoder``), descriptor trends. PNGs are written beside it."""
     from cellrep_core.analysis.render import png_data_uri
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = report_stem(expl)
-    strip = walk_strip(expl, out_dir / f"{stem}_walk.png", decoded_walk(wh, expl) if decode else None)
+    strip = walk_strip(expl, out_dir / f"{stem}_walk.png", decoded_walk(wh, expl, decoder))
     axis = axis_plot(expl, out_dir / f"{stem}_axis.png")
     s = expl.summary()
     q = qvalue_rows(wh, expl)

@@ -187,9 +187,7 @@ def screen_phenotypes(wh, fs, screen_id: str, seed: int = 0, c_grid=(0.1, 1.0), 
     enrichment of every treatment's held-out phenotype probabilities against DMSO.
 
     Returns (classifier summary rows, enrichment rows, reports by feature set)."""
-    from cellrep_core import pipeline
     from cellrep_core.analysis.explain import load_scope
-    from cellrep_core.profiling.mapping import position_classes, robust_normalize_blocks
 
     data = load_scope(wh, fs, screen_id=screen_id)
     plates = sorted(set(data.meta.plate_id))
@@ -200,14 +198,8 @@ def screen_phenotypes(wh, fs, screen_id: str, seed: int = 0, c_grid=(0.1, 1.0), 
     meta = data.meta.merge(truth, on="cell_id", how="left")
     keep = ~meta.debris.fillna(False).astype(bool).to_numpy() & meta.effect.notna().to_numpy()
     meta = meta[keep].reset_index(drop=True)
-    hc = []
-    for pid in plates:
-        sets = pipeline.plate_feature_sets(wh, fs, pid, [])
-        m, x = next((m, x) for fset, _, m, x in sets if fset == "handcrafted")
-        m = m.reset_index(drop=True)
-        blocks = m.plate_id.astype(str).to_numpy() + "|" + position_classes(m)
-        hc.append(pd.DataFrame(robust_normalize_blocks(x, blocks), index=m.cell_id))
-    hcx = pd.concat(hc).loc[meta.cell_id].to_numpy()
+    hc = load_scope(wh, fs, screen_id=screen_id, feature_set="handcrafted")
+    hcx = pd.DataFrame(hc.features, index=hc.meta.cell_id).loc[meta.cell_id].to_numpy()
     spaces = {"embedding": data.features[keep], "handcrafted": hcx}
     y = screen_labels(meta)
     groups = meta.plate_id.astype(str).to_numpy() + "|" + meta.well.astype(str).to_numpy()
