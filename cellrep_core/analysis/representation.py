@@ -292,12 +292,16 @@ class Interpretation:
     pictures: dict[str, Path]
 
     def volume_pc(self, descriptor: str = "structure_volume") -> tuple[int, float]:
-        """The PC most correlated (|r|) with a descriptor, and its r."""
-        c = self.correlations[self.correlations.descriptor == descriptor]
-        if c.empty:
-            return 0, float("nan")
-        r = c.loc[c.pearson_r.abs().idxmax()]
-        return int(r.pc), float(r.pearson_r)
+        return best_pc(self.correlations, descriptor)
+
+
+def best_pc(corr: pd.DataFrame, descriptor: str = "structure_volume") -> tuple[int, float]:
+    """The PC most correlated (|r|) with a descriptor, and its r (0, NaN when the descriptor is absent)."""
+    c = corr[corr.descriptor == descriptor]
+    if c.empty:
+        return 0, float("nan")
+    r = c.loc[c.pearson_r.abs().idxmax()]
+    return int(r.pc), float(r.pearson_r)
 
 
 def interpret_dataset(wh, fs, dataset: str, out_dir: Path, model_version: str | None = None,
@@ -368,8 +372,7 @@ def interpret_dataset(wh, fs, dataset: str, out_dir: Path, model_version: str | 
 
     pictures: dict[str, Path] = {}
     walks: dict[int, pd.DataFrame] = {}
-    vol_pc, _ = Interpretation(dataset, tm.version, cells, res, corr, {}, pd.DataFrame(), {}, pd.DataFrame(),
-                               {}).volume_pc()
+    vol_pc, _ = best_pc(corr)
     walk_pcs = sorted(set(range(1, min(N_WALK_PCS, res.scores.shape[1]) + 1)) | ({vol_pc} if vol_pc else set()))
     say(f"{dataset}: walks along PCs {walk_pcs}")
     for pc in walk_pcs:
