@@ -207,13 +207,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="profiling: whitened codes as drug profiling compares them (default); raw: raw codes, ANN")
     for col in ("dataset", "plate_id", "drug", "structure_name"):
         n.add_argument(f"--{col.replace('_', '-')}")
-    ig = sub.add_parser("ingest", help="ingest a manifest of cells or fields of view: cells, point clouds, embeddings")
-    ig.add_argument("manifest", type=Path)
-    ig.add_argument("--data-root", type=Path, help="a second folder the manifest's paths may point into")
-    ig.add_argument("--dataset", help="default: the manifest's dataset column, else its folder name")
-    ig.add_argument("--plate-id", default="")
-    ig.add_argument("--model-version", help="embed with this model version (default: the latest base model)")
-    ig.add_argument("--workers", type=int, help="processes for point-cloud sampling (default: all cores)")
     sp = sub.add_parser("synth-plate", help="write a synthetic drug plate (manifest + images) into a folder")
     sp.add_argument("--plate-id", required=True)
     sp.add_argument("--out", type=Path, help="default: $CELLREP_HOME/landing/plates/<plate-id>")
@@ -287,50 +280,6 @@ def write_synthetic_screen(screen_id: str, seed: int = 0, drugs: list[str] | Non
     return screen.generate_screen(spec, Path(out) if out else paths.landing_plates_dir())
 
 
-def ingest_command(
-    manifest: Path,
-    data_root: Path | None = None,
-    dataset: str | None = None,
-    plate_id: str = "",
-    model_version: str | None = None,
-    workers: int | None = None,
-) -> list[str]:
-    """Ingest a manifest end to end (cells, quarantine, point clouds, embeddings); returns report lines.
-
-    Re-running replaces the partition's rows (no duplicates). Embeddings use ``model_version`` or the
-    latest base model of the cells' shape type; without any trained model the cells and clouds are kept
-    and the report says how to get a model.
-    """
-    from cellrep_core import pipeline
-    from cellrep_core.data.cells import read_manifest
-
-    manifest = Path(manifest)
-    if not manifest.is_file():
-        raise ValueError(f"manifest {manifest} does not exist")
-    df = read_manifest(manifest)
-    ds = dataset or next((d for d in df["dataset"] if d), "") or manifest.parent.name
-    wh, fs = Warehouse(), FeatureStore()
-    partition = plate_id or "all"
-    ing = pipeline.ingest(manifest, wh, ds, plate_id=plate_id, data_root=data_root)
-    lines = [f"{ds}{' plate ' + plate_id if plate_id else ''}: {ing['cells']} cells, {ing['quarantined']} quarantined"]
-    lines += [f"  quarantined {n} x {reason}" for reason, n in sorted(ing["reasons"].items())]
-    if ing["cells"] == 0:
-        return lines + ["  nothing to sample: see `cellrep sql \"select * from quarantine\"`"]
-    pc = pipeline.pointclouds(wh, ds, partition, plate_id=plate_id, n_workers=workers)
-    lines.append(f"  point clouds: {pc['clouds']} cells in {pc['seconds']:.1f} s, {pc['quarantined']} quarantined")
-    kinds = set(pipeline.cells_of(wh, ds, plate_id)["shape_type"])
-    if len(kinds) != 1:
-        raise ValueError(f"{manifest}: cells of several shape types {sorted(kinds)}; ingest them as separate data sets")
-    base = pipeline.BASE_DATASET_OF_SHAPE[kinds.pop()]
-    try:
-        tm = pipeline.model_by_version(wh, model_version) if model_version else pipeline.latest_model(wh, base)
-    except LookupError as err:
-        return lines + [f"  embeddings skipped: {err} (`make demo` trains the base models)"]
-    emb = pipeline.embed(wh, fs, tm, ds, partition, plate_id)
-    lines.append(f"  embeddings: {emb['cells']} cells with {tm.version} ({emb['dim']}-d) in LanceDB")
-    return lines
-
-
 def write_synthetic_plate(plate_id: str, out: Path | None = None, seed: int = 0, n_dmso: int = 32,
                           n_per_drug: int = 20, drugs: dict[str, str] | None = None, n_bad: int = 2) -> Path:
     """Write a synthetic plate into a folder, manifest last (written then renamed) so it is picked up complete."""
@@ -355,13 +304,6 @@ def run(args: argparse.Namespace) -> int:
         df = nearest_cells(args.cell_id, vec, args.k, args.model_version, filters,
                            file=args.file, channels=args.channels, shape_type=args.shape_type, space=args.space)
         print(df.to_string(index=False))
-        return 0
-    if args.command == "ingest":
-        summary = ingest_command(
-            args.manifest, args.data_root, args.dataset, args.plate_id, args.model_version, args.workers
-        )
-        for line in summary:
-            print(line)
         return 0
     if args.command == "synth-plate":
         drugs = dict(d.split("=", 1) for d in args.drug) or None

@@ -128,11 +128,15 @@ def _concentration(value: object, drug: object) -> float | None:
     return c
 
 
-def working_voxel_um(row: dict, voxel: tuple[float, float, float], cell_id: str, path: Path) -> float:
-    """The cubic voxel size crops are resampled to: ``target_voxel_um`` or the finest spacing."""
+def working_voxel_um(row: dict, voxel: tuple[float, float, float], cell_id: str, path: Path,
+                     default: float | None = None) -> float:
+    """The cubic voxel size crops are resampled to: the row's ``target_voxel_um``, else ``default`` (a registered
+    data set's working scale), else the finest spacing."""
     target = str(row.get("target_voxel_um") or "").strip()
+    if target.lower() == "nan":
+        target = ""
     if not target:
-        return min(voxel)
+        return float(default) if default else min(voxel)
     try:
         value = float(target)
     except ValueError:
@@ -145,7 +149,8 @@ def working_voxel_um(row: dict, voxel: tuple[float, float, float], cell_id: str,
 
 
 def _ingest_fov_row(
-    row: dict, manifest: Path, ds: str, pid: str, data_root: Path | None, crops_dir: Path, seen: set[str]
+    row: dict, manifest: Path, ds: str, pid: str, data_root: Path | None, crops_dir: Path, seen: set[str],
+    default_voxel_um: float | None = None,
 ) -> tuple[list[dict], list[dict]]:
     """Split one field-of-view row into single-cell crops (written under ``crops_dir``) and validate them."""
     fov_id = str(row["cell_id"])
@@ -154,7 +159,7 @@ def _ingest_fov_row(
     files = [resolve_path(manifest.parent, r, fov_id, data_root) for r in rels]
     images = read_fov_images(files, channels, fov_id)
     voxel = parse_voxel_size(row, fov_id, files[0])
-    voxel_um = working_voxel_um(row, voxel, fov_id, files[0])
+    voxel_um = working_voxel_um(row, voxel, fov_id, files[0], default_voxel_um)
     structure_in = str(row.get("structure_in") or "cell").strip()
     try:
         cells = split_fov(
@@ -202,12 +207,14 @@ def ingest_manifest(
     plate_id: str | None = None,
     data_root: Path | None = None,
     crops_dir: Path | None = None,
+    default_voxel_um: float | None = None,
 ) -> IngestResult:
     """Validate every cell of a manifest; bad cells are returned as quarantine rows, never raised.
 
     A row whose channels include ``cell_labels`` is a field of view: it is split into single-cell crops
     (see :func:`cellrep_core.data.fov.split_fov`) written under ``crops_dir`` (default
-    ``$CELLREP_HOME/raw/<dataset>/fov_crops``), one cell row per crop.
+    ``$CELLREP_HOME/raw/<dataset>/fov_crops``), one cell row per crop. ``default_voxel_um``: the working voxel
+    size of rows without a ``target_voxel_um`` (a registered data set's derived scale; default: finest spacing).
     """
     manifest = Path(manifest)
     df = read_manifest(manifest)
@@ -222,7 +229,8 @@ def ingest_manifest(
         if "cell_labels" in str(row["channels"]).split(";"):
             try:
                 g, b = _ingest_fov_row(
-                    row, manifest, ds, pid, data_root, Path(crops_dir or paths.raw_dir(ds) / "fov_crops"), seen
+                    row, manifest, ds, pid, data_root, Path(crops_dir or paths.raw_dir(ds) / "fov_crops"), seen,
+                    default_voxel_um,
                 )
             except CellInputError as err:
                 bad.append(quarantine_row(err, ds, pid))
@@ -244,7 +252,7 @@ def ingest_manifest(
             shape_type = str(row.get("shape_type") or "polymorphic")
             images = read_cell_image(path, channels, cell_id)
             voxel = parse_voxel_size(row, cell_id, path)
-            voxel_um = working_voxel_um(row, voxel, cell_id, path)
+            voxel_um = working_voxel_um(row, voxel, cell_id, path, default_voxel_um)
             chan_str = str(row["channels"])
             if any(abs(v - voxel_um) > 1e-9 * voxel_um for v in voxel):
                 # anisotropic (or a requested working voxel): resample before meshing, keep the crop

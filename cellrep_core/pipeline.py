@@ -69,10 +69,13 @@ def generate_reference(dataset: str, size: int, seed: int, grid: int = 64) -> Pa
 
 
 def ingest(
-    manifest: Path, wh: Warehouse, dataset: str, plate_id: str = "", data_root: Path | None = None
+    manifest: Path, wh: Warehouse, dataset: str, plate_id: str = "", data_root: Path | None = None,
+    default_voxel_um: float | None = None,
 ) -> dict:
-    """Validate a manifest's cells into ``cells`` and ``quarantine``, replacing that partition's rows."""
-    res = ingest_manifest(manifest, dataset=dataset, plate_id=plate_id, data_root=data_root)
+    """Validate a manifest's cells into ``cells`` and ``quarantine``, replacing that partition's rows.
+    ``default_voxel_um``: working voxel size of rows without their own (a registered data set's scale)."""
+    res = ingest_manifest(manifest, dataset=dataset, plate_id=plate_id, data_root=data_root,
+                          default_voxel_um=default_voxel_um)
     with wh.write() as con:
         con.execute("DELETE FROM cells WHERE dataset = ? AND plate_id = ?", [dataset, plate_id])
         con.execute(
@@ -330,10 +333,11 @@ def cells_of_dataset(wh: Warehouse, dataset: str) -> pd.DataFrame:
 
 def benchmark_dataset(
     wh: Warehouse, dataset: str, partition: str, model_names: list[str] | None = None, max_epochs: int = 0,
-    emissions: bool = True,
+    emissions: bool = True, sampling: SamplingConfig | None = None,
 ) -> dict:
     """Train (or reuse by version) every benchmark model of a data set, compute all metrics for each and write
-    the summary plots; returns the versions, the configs not in the registry yet, the table and the plots."""
+    the summary plots; returns the versions, the configs not in the registry yet, the table and the plots.
+    ``sampling``: the config the data set's clouds were sampled with (for the end-to-end invariance)."""
     from cellrep_core.metrics.plots import write_reports
     from cellrep_core.models.config import REGISTRY
 
@@ -354,7 +358,7 @@ def benchmark_dataset(
             tm = train_model(cfg, items, paths.models_dir(), lineage={"dataset": dataset, "partition": partition,
                                                                       "plate_id": "", "role": "benchmark"})
             versions[name] = tm.version
-            tables.append(benchmark(wh, tm, dataset, partition, emissions=emissions, items=items))
+            tables.append(benchmark(wh, tm, dataset, partition, emissions=emissions, items=items, sampling=sampling))
             prog.update(note=f"{name} done")
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     reports = write_reports(table, paths.reports_dir(dataset), dataset) if len(table) else {}

@@ -1,4 +1,4 @@
-"""``cellrep`` with the orchestration commands added: ``demo`` and ``ui``."""
+"""``cellrep`` with the orchestration commands added: ``demo``, ``ui``, ``ui-check``, ``dataset`` and ``ingest``."""
 
 from __future__ import annotations
 
@@ -22,7 +22,14 @@ def main(argv: list[str] | None = None) -> int:
     uc = sub.add_parser("ui-check", help="open the hit explanation in headless Chromium through the Dagster UI and "
                                          "save a screenshot (needs the chromium and chromium-driver packages)")
     uc.add_argument("--out", default="", help="screenshot PNG; default: $CELLREP_HOME/reports/ui_hit_explanation.png")
+    _add_dataset_commands(sub)
     args = parser.parse_args(argv)
+    if args.command in ("dataset", "ingest"):
+        try:
+            return _dataset_command(args)
+        except (LookupError, ValueError) as err:
+            print(f"cellrep: {err}", file=sys.stderr)
+            return 2
     if args.command == "ui-check":
         from pathlib import Path
 
@@ -55,3 +62,85 @@ def main(argv: list[str] | None = None) -> int:
     except duckdb.Error as err:  # a SQL mistake (unknown table or column, syntax): DuckDB's message, no traceback
         print(f"cellrep: {err}", file=sys.stderr)
         return 2
+
+
+def _add_dataset_commands(sub) -> None:
+    from pathlib import Path
+
+    ig = sub.add_parser("ingest", help="register a manifest as a data set and materialize its cells, point clouds "
+                                       "and embeddings (the dataset_* assets)")
+    ig.add_argument("manifest", type=Path)
+    ig.add_argument("--data-root", type=Path, help="a second folder the manifest's paths may point into")
+    ig.add_argument("--dataset", help="default: the manifest's dataset column, else its folder name")
+    ig.add_argument("--model-version", help="embed with this model version (default: the data set's own base "
+                                            "model, else the platform's base model of its shape type)")
+    ig.add_argument("--workers", type=int, help="processes for point-cloud sampling (default: all cores)")
+    ds = sub.add_parser("dataset", help="your own data sets as assets: add, list, materialize")
+    dsub = ds.add_subparsers(dest="dataset_command", required=True)
+    add = dsub.add_parser("add", help="register a manifest as data set NAME (a partition of the dataset_* assets)")
+    add.add_argument("name")
+    add.add_argument("manifest", type=Path)
+    add.add_argument("--data-root", type=Path, help="a second folder the manifest's paths may point into")
+    add.add_argument("--model", default="", help="model config of its base model (default by shape type: "
+                                                 "sdf_demo or punctate_demo)")
+    add.add_argument("--warm-start", default="", help="start training from this data set's base model (or model "
+                                                      "version) instead of from scratch")
+    add.add_argument("--half-extent-vox", type=float, help="SDF box half-extent in voxels (default 32)")
+    add.add_argument("--target-voxel-um", type=float, help="working voxel size (default: derived from the data so "
+                                                           "that every structure fits the box)")
+    add.add_argument("--materialize", action="store_true", help="then materialize cells → embeddings here")
+    add.add_argument("--max-epochs", type=int, default=0, help="epoch override of the base model's training")
+    dsub.add_parser("list", help="registered data sets with their scale and what is materialized")
+    mat = dsub.add_parser("materialize", help="materialize a data set's assets in this process (the run shows in "
+                                              "the UI)")
+    mat.add_argument("name")
+    mat.add_argument("--max-epochs", type=int, default=0, help="epoch override of the base model's training")
+    mat.add_argument("--benchmark", action="store_true", help="also the benchmark of its model config")
+
+
+def _dataset_command(args) -> int:
+    from cellrep_core import datasets
+    from cellrep_core.store.warehouse import Warehouse
+    from orchestration import datasets as odatasets
+
+    logging.basicConfig(level=logging.WARNING)
+    if args.command == "ingest":
+        for line in odatasets.ingest_command(args.manifest, args.data_root, args.dataset, args.model_version,
+                                             args.workers):
+            print(line)
+        return 0
+    if args.dataset_command == "list":
+        wh = Warehouse()
+        names = datasets.list_names(wh)
+        if not names:
+            print("no data set registered; `cellrep dataset add NAME MANIFEST` registers one")
+            return 0
+        df = wh.query("SELECT d.name, d.shape_type, d.structures, d.n_rows, d.target_voxel_um, d.scale_source, "
+                      "d.model, (SELECT count(*) FROM cells c WHERE c.dataset = d.name) AS cells, "
+                      "(SELECT count(*) FROM pointcloud_index p WHERE p.dataset = d.name) AS clouds, "
+                      "(SELECT max(model_version) FROM models m WHERE m.dataset = d.name) AS model_version "
+                      "FROM datasets d ORDER BY d.name")
+        print(df.to_string(index=False))
+        return 0
+    if args.dataset_command == "add":
+        spec = odatasets.register_dataset(args.name, args.manifest, args.data_root, args.model, args.warm_start,
+                                          args.half_extent_vox, args.target_voxel_um)
+        print(datasets.describe(spec))
+        if not args.materialize:
+            print(f"registered; materialize it from the Dagster UI (group datasets, partition {spec.name}), with "
+                  f"`cellrep dataset materialize {spec.name}`, or let the daemon's automation do it")
+            return 0
+    name = args.name
+    assets = list(odatasets.CHAIN) + (["dataset_benchmark"] if getattr(args, "benchmark", False) else [])
+    cfg = {"ops": {k: {"config": {"max_epochs": args.max_epochs}} for k in ("dataset_model", "dataset_benchmark")
+                   if k in assets}} if args.max_epochs else {}
+    res = odatasets.materialize_dataset(name, assets, cfg)
+    for ev in res.get_asset_materialization_events():
+        mat = ev.materialization
+        md = {k: v.value for k, v in mat.metadata.items() if k in ("cells", "clouds", "quarantined", "model_version",
+                                                                     "reused", "dim", "stage_seconds")}
+        print(f"{mat.asset_key.to_user_string()}[{name}]: {md}")
+    if not res.success:
+        print(f"cellrep: {odatasets.run_failure(res)}", file=sys.stderr)
+        return 1
+    return 0

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import dagster as dg
 
+from assets.datasets import dataset_asset_defs
 from assets.feature_store import embedding_ann_index, feature_store_maintenance, feature_store_nightly
 from assets.plates import plate_asset_checks, plate_asset_defs
 from assets.reference import reference_asset_defs
 from assets.screens import screen_asset_defs
 from assets.sql_models import sql_model_assets
 from orchestration.resources import FeatureStoreResource, WarehouseResource
-from orchestration.sensors import landing_plates_sensor, plates_automation_sensor
+from orchestration.sensors import landing_datasets_sensor, landing_plates_sensor, plates_automation_sensor
 
 all_assets = [
     *reference_asset_defs,
+    *dataset_asset_defs,
     *plate_asset_defs,
     *screen_asset_defs,
     embedding_ann_index,
@@ -29,4 +31,4 @@ resources = {"warehouse": WarehouseResource(), "feature_store": FeatureStoreReso
 # parallel (one process each) and the "gpu" pool limit still applies to steps.
 defs = dg.Definitions(assets=all_assets, asset_checks=plate_asset_checks, resources=resources,
                       executor=dg.in_process_executor, schedules=[feature_store_nightly],
-                      sensors=[landing_plates_sensor, plates_automation_sensor])
+                      sensors=[landing_plates_sensor, landing_datasets_sensor, plates_automation_sensor])

@@ -150,20 +150,20 @@ REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 
 @pytest.mark.skipif(not (REAL / "allen_tomm20_fov").exists(), reason="real Allen data not present")
 def test_cli_ingests_the_real_tomm20_field_of_view(home):
-    from cellrep_core.cli import ingest_command
     from cellrep_core.pointclouds.build import read_pointclouds
+    from orchestration.datasets import ingest_command
 
     root = Path(__file__).resolve().parents[1]
     lines = ingest_command(root / "examples" / "allen_tomm20" / "manifest.csv", data_root=REAL, workers=1)
-    assert lines[0] == "allen_tomm20: 13 cells, 0 quarantined"
-    assert "embeddings skipped" in lines[-1]  # no trained model in a fresh home
+    assert lines[1] == "allen_tomm20: 13 cells, 13 point clouds, 0 quarantined"
+    assert "embeddings skipped" in lines[2]  # no trained model in a fresh home
     wh = Warehouse()
     n = wh.query("select count(*) n from cells where dataset = 'allen_tomm20'").n.iloc[0]
     items = read_pointclouds(pipeline.paths.pointcloud_path("allen_tomm20", "all"))
     assert n == len(items) == 13
     assert all(it.sdf is not None and np.isfinite(it.sdf).all() for it in items)
     again = ingest_command(root / "examples" / "allen_tomm20" / "manifest.csv", data_root=REAL, workers=1)
-    assert again[0] == lines[0] and again[1].split(" in ")[0] == lines[1].split(" in ")[0]
+    assert again[:3] == lines[:3]
     assert wh.query("select count(*) n from cells").n.iloc[0] == 13
 
 

@@ -29,6 +29,10 @@ SCHEMA: dict[str, str] = {
     "quarantine": """
         cell_id VARCHAR, dataset VARCHAR, plate_id VARCHAR, stage VARCHAR, reason VARCHAR, detail VARCHAR,
         source_path VARCHAR, recorded_at TIMESTAMP DEFAULT current_timestamp""",
+    "datasets": """
+        name VARCHAR PRIMARY KEY, manifest VARCHAR, data_root VARCHAR, shape_type VARCHAR, structures VARCHAR,
+        model VARCHAR, warm_start VARCHAR, half_extent_vox DOUBLE, target_voxel_um DOUBLE, scale_source VARCHAR,
+        max_extent_um DOUBLE, n_rows INTEGER, registered_at TIMESTAMP DEFAULT current_timestamp""",
     "plates": """
         plate_id VARCHAR PRIMARY KEY, source_dir VARCHAR, n_cells INTEGER, n_quarantined INTEGER,
         screen_id VARCHAR, registered_at TIMESTAMP DEFAULT current_timestamp""",
