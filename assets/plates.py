@@ -7,7 +7,8 @@ import time
 import dagster as dg
 import pandas as pd
 
-from cellrep_core import paths, pipeline
+from cellrep_core import paths, pipeline, structures
+from cellrep_core.data.cells import read_manifest
 from cellrep_core.pipeline import PLATES_DATASET
 from cellrep_core.store.warehouse import Warehouse
 from orchestration.partitions import plates_partitions
@@ -64,7 +65,8 @@ def plate_cells(context: dg.AssetExecutionContext, warehouse: WarehouseResource)
     plate_dir = paths.landing_plates_dir() / pid
     wh = warehouse.get()
     t0 = time.perf_counter()
-    counts = pipeline.ingest(plate_dir / "manifest.csv", wh, PLATES_DATASET, plate_id=pid)
+    voxel, _ = structures.manifest_scales(wh, read_manifest(plate_dir / "manifest.csv"))
+    counts = pipeline.ingest(plate_dir / "manifest.csv", wh, PLATES_DATASET, plate_id=pid, default_voxel_um=voxel)
     n_truth = pipeline.write_truth(wh, plate_dir, pid)
     screen_id = pipeline.plate_screen_id(plate_dir)
     wh.upsert("plates", pd.DataFrame([{"plate_id": pid, "source_dir": str(plate_dir), "n_cells": counts["cells"],
@@ -78,11 +80,18 @@ def plate_cells(context: dg.AssetExecutionContext, warehouse: WarehouseResource)
 
 @dg.asset(partitions_def=plates_partitions, group_name="plates", deps=[plate_cells], kinds={"parquet"},
           automation_condition=plate_automation(),
-          description="SDF point clouds and hand-crafted features of a plate's cells.")
+          description="Point clouds of a plate's cells (SDF for polymorphic, intensity sampling for punctate "
+                      "structures, each at the scale of its structure's base data set) and hand-crafted features.")
 def plate_pointclouds(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    from cellrep_core.pointclouds.build import SamplingConfig
+
     pid = context.partition_key
+    wh = warehouse.get()
     t0 = time.perf_counter()
-    res = pipeline.pointclouds(warehouse.get(), PLATES_DATASET, pid, plate_id=pid)
+    cells = pipeline.cells_of(wh, PLATES_DATASET, pid)
+    _, half = structures.manifest_scales(wh, cells)
+    cfg_of = {k: SamplingConfig(half_extent_vox=h) for k, h in half.items()}
+    res = pipeline.pointclouds(wh, PLATES_DATASET, pid, plate_id=pid, cfg_of=cfg_of)
     res["stage_seconds"] = round(time.perf_counter() - t0, 2)
     context.log.info(f"plate {pid} point clouds: {res}")
     return dg.MaterializeResult(metadata=_md(res))
@@ -127,8 +136,10 @@ def pointcloud_check(pid: str | None) -> dg.AssetCheckResult:
 
 @dg.asset(partitions_def=plates_partitions, group_name="plates", deps=[plate_pointclouds, BASE_MODEL],
           pool="gpu", kinds={"pytorch"}, automation_condition=plate_automation(),
-          description=f"The base {BASE_DATASET} model fine-tuned on one plate's clouds (warm start, a bounded "
-                      "number of epochs; CUDA with mixed precision when present); lineage in the models table.")
+          description="For each structure on the plate, the base model of its base data set (structure_bases, else "
+                      f"{BASE_DATASET} or synthetic_punctate by shape type) fine-tuned on that structure's clouds "
+                      "(warm start, a bounded number of epochs; CUDA with mixed precision when present); lineage in "
+                      "the models table. A structure without a base model is reported, the others go on.")
 def plate_model(context: dg.AssetExecutionContext, config: FineTuneConfig,
                 warehouse: WarehouseResource) -> dg.MaterializeResult:
     pid = context.partition_key
@@ -136,21 +147,40 @@ def plate_model(context: dg.AssetExecutionContext, config: FineTuneConfig,
     check = pointcloud_check(pid)  # also when plate_pointclouds ran in another run than this one
     if not check.passed:
         raise dg.Failure(f"refusing to fine-tune on plate {pid}: {check.description}")
-    base = pipeline.latest_model(wh, BASE_DATASET)
     t0 = time.perf_counter()
-    tm = pipeline.finetune_plate(wh, pid, base, max_epochs=config.max_epochs, lr_scale=config.lr_scale,
-                                 force=config.force)
-    context.log.info(f"plate {pid}: {tm.version} from base {base.version} ({'reused' if tm.reused else 'trained'})")
-    return dg.MaterializeResult(metadata={
-        "model_version": tm.version, "base_version": base.version, "path": str(tm.path), "reused": tm.reused,
-        "stage_seconds": round(time.perf_counter() - t0, 2), **_md(tm.metrics),
-    })
+    groups = structures.plate_groups(wh, pid)
+    trained, skipped = {}, {}
+    for key, g in groups.items():
+        try:
+            base = pipeline.latest_model(wh, g["base_dataset"])
+        except LookupError:
+            skipped[key] = (f"no base model for structure {key} ({g['shape_type']}): materialize "
+                            f"{g['base_dataset']}'s model, or register a data set of this structure with "
+                            f"`cellrep dataset add NAME MANIFEST --base-for {key}`")
+            context.log.warning(f"plate {pid}: {skipped[key]}")
+            continue
+        tm = pipeline.finetune_plate(wh, pid, base, max_epochs=config.max_epochs, lr_scale=config.lr_scale,
+                                     force=config.force, structure=key, cell_ids=g["cell_ids"])
+        trained[key] = {"model_version": tm.version, "base_version": base.version, "base_dataset": g["base_dataset"],
+                        "reused": tm.reused, "cells": len(g["cell_ids"])}
+        context.log.info(f"plate {pid} {key}: {tm.version} from base {base.version} "
+                         f"({'reused' if tm.reused else 'trained'})")
+    if not trained:
+        raise dg.Failure(f"plate {pid}: no structure has a base model: " + "; ".join(skipped.values()))
+    md: dict = {"structures": dg.MetadataValue.json(trained), "stage_seconds": round(time.perf_counter() - t0, 2)}
+    if skipped:
+        md["skipped_structures"] = dg.MetadataValue.json(skipped)
+    if len(trained) == 1:
+        only = next(iter(trained.values()))
+        md |= {"model_version": only["model_version"], "base_version": only["base_version"],
+               "reused": only["reused"]}
+    return dg.MaterializeResult(metadata=md)
 
 
 @dg.asset(partitions_def=plates_partitions, group_name="plates", deps=[plate_pointclouds, plate_model],
           kinds={"lancedb"}, automation_condition=plate_automation(),
-          description="A plate's cells embedded zero-shot with the base model and with the plate's fine-tuned "
-                      "model (rows carry model_version).")
+          description="A plate's cells embedded zero-shot with their structure's base model and with the plate's "
+                      "fine-tuned model of that structure (rows carry model_version).")
 def plate_embeddings(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                      feature_store: FeatureStoreResource) -> dg.MaterializeResult:
     pid = context.partition_key
@@ -158,34 +188,40 @@ def plate_embeddings(context: dg.AssetExecutionContext, warehouse: WarehouseReso
     fs = feature_store.get()
     t0 = time.perf_counter()
     md: dict = {}
-    for role, tm in zip(("base", "finetuned"), pipeline.plate_models(wh, pid), strict=True):
-        res = pipeline.embed(wh, fs, tm, PLATES_DATASET, pid, plate_id=pid)
-        md |= {f"{role}_{k}": v for k, v in _md(res).items()}
+    groups = structures.plate_groups(wh, pid)
+    for key in pipeline.plate_structures(wh, pid):
+        ids = groups[key]["cell_ids"] if key in groups else None
+        for role, tm in zip(("base", "finetuned"), pipeline.plate_models(wh, pid, key or None), strict=True):
+            res = pipeline.embed(wh, fs, tm, PLATES_DATASET, pid, plate_id=pid, cell_ids=ids,
+                                 structure=key if len(groups) > 1 else None)
+            prefix = f"{role}_" if len(groups) <= 1 else f"{key}_{role}_"
+            md |= {f"{prefix}{k}": v for k, v in _md(res).items()}
     return dg.MaterializeResult(metadata={**md, "stage_seconds": round(time.perf_counter() - t0, 2)})
 
 
 @dg.asset(partitions_def=plates_partitions, group_name="plates", deps=[plate_embeddings], kinds={"duckdb"},
           automation_condition=plate_automation(),
-          description="mAP vs DMSO and BH q-values per drug for the base and fine-tuned embeddings and the "
-                      "hand-crafted baseline; the plate's earlier rows are replaced in one transaction.")
+          description="mAP vs DMSO and BH q-values per drug and structure for the base and fine-tuned embeddings "
+                      "and the hand-crafted baseline; the plate's earlier rows are replaced in one transaction.")
 def plate_qvalues(context: dg.AssetExecutionContext, config: ProfileConfig, warehouse: WarehouseResource,
                   feature_store: FeatureStoreResource) -> dg.MaterializeResult:
     pid = context.partition_key
     wh = warehouse.get()
-    base, ft = pipeline.plate_models(wh, pid)
     t0 = time.perf_counter()
-    df = pipeline.profile_plate_models(wh, feature_store.get(), pid, [base.version, ft.version],
-                                       null_size=config.null_size, seed=config.seed)
+    df = pipeline.profile_plate(wh, feature_store.get(), pid, null_size=config.null_size, seed=config.seed)
     hits = df[df.is_hit]
     emb = hits[hits.feature_set == "embedding"]
-    return dg.MaterializeResult(metadata={
-        "n_drugs": int(df.drug.nunique()), "base_version": base.version, "finetuned_version": ft.version,
-        "hits_base": int((emb.model_version == base.version).sum()),
-        "hits_finetuned": int((emb.model_version == ft.version).sum()),
-        "hits_handcrafted": int(hits[hits.feature_set == "handcrafted"].shape[0]),
-        "stage_seconds": round(time.perf_counter() - t0, 2),
-        "table": dg.MetadataValue.md(df.round(4).to_markdown(index=False)),
-    })
+    md = {"n_drugs": int(df.drug.nunique()), "structures": ", ".join(sorted(set(df.structure_name))),
+          "hits_handcrafted": int(hits[hits.feature_set == "handcrafted"].shape[0]),
+          "stage_seconds": round(time.perf_counter() - t0, 2),
+          "table": dg.MetadataValue.md(df.round(4).to_markdown(index=False))}
+    for key in sorted(set(df.structure_name)):
+        base, ft = pipeline.plate_models(wh, pid, key or None)
+        pre = "" if df.structure_name.nunique() == 1 else f"{key}_"
+        md |= {f"{pre}base_version": base.version, f"{pre}finetuned_version": ft.version,
+               f"{pre}hits_base": int(((emb.model_version == base.version) & (emb.structure_name == key)).sum()),
+               f"{pre}hits_finetuned": int(((emb.model_version == ft.version) & (emb.structure_name == key)).sum())}
+    return dg.MaterializeResult(metadata=md)
 
 
 plate_asset_defs = [plate_cells, plate_pointclouds, plate_model, plate_embeddings, plate_qvalues]

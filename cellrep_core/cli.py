@@ -214,7 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--n-dmso", type=int, default=32)
     sp.add_argument("--n-per-drug", type=int, default=20)
     sp.add_argument("--drug", action="append", default=[], metavar="NAME=EFFECT",
-                    help="drug and planted effect (none, shrink, fragment, elongate); repeatable")
+                    help="drug and planted effect (none, shrink, fragment, elongate; with --mixed also peripheral, "
+                         "central for the punctate structure, or both joined by '+'); repeatable")
+    sp.add_argument("--mixed", action="store_true", help="two structures in every well: polymorphic nucleolus-like "
+                                                         "cells and punctate foci cells, each routed to its base model")
     ss = sub.add_parser("synth-screen", help="write a synthetic screen (replicate plates, dose series, nuisance) "
                                              "into the landing folder")
     ss.add_argument("--screen-id", required=True)
@@ -281,11 +284,17 @@ def write_synthetic_screen(screen_id: str, seed: int = 0, drugs: list[str] | Non
 
 
 def write_synthetic_plate(plate_id: str, out: Path | None = None, seed: int = 0, n_dmso: int = 32,
-                          n_per_drug: int = 20, drugs: dict[str, str] | None = None, n_bad: int = 2) -> Path:
-    """Write a synthetic plate into a folder, manifest last (written then renamed) so it is picked up complete."""
+                          n_per_drug: int = 20, drugs: dict[str, str] | None = None, n_bad: int = 2,
+                          mixed: bool = False) -> Path:
+    """Write a synthetic plate into a folder, manifest last (written then renamed) so it is picked up complete.
+    ``mixed``: a polymorphic and a punctate structure in every well (``synthetic.generate_mixed_plate``)."""
     from cellrep_core.data import synthetic
 
     out = Path(out) if out else paths.landing_plates_dir() / plate_id
+    if mixed:
+        effects = {k: synthetic.parse_mixed_effect(v) for k, v in drugs.items()} if drugs else None
+        synthetic.generate_mixed_plate(out, plate_id, seed=seed, n_dmso=n_dmso, n_per_drug=n_per_drug, drugs=effects)
+        return out
     synthetic.generate_drug_plate(out, plate_id, seed=seed, n_dmso=n_dmso, n_per_drug=n_per_drug,
                                   drugs=drugs, n_bad=n_bad)
     return out
@@ -307,7 +316,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "synth-plate":
         drugs = dict(d.split("=", 1) for d in args.drug) or None
-        out = write_synthetic_plate(args.plate_id, args.out, args.seed, args.n_dmso, args.n_per_drug, drugs)
+        out = write_synthetic_plate(args.plate_id, args.out, args.seed, args.n_dmso, args.n_per_drug, drugs,
+                                    mixed=args.mixed)
         print(f"wrote plate {args.plate_id} to {out}")
         return 0
     if args.command == "synth-screen":

@@ -129,12 +129,16 @@ def _concentration(value: object, drug: object) -> float | None:
 
 
 def working_voxel_um(row: dict, voxel: tuple[float, float, float], cell_id: str, path: Path,
-                     default: float | None = None) -> float:
+                     default: float | dict[str, float] | None = None) -> float:
     """The cubic voxel size crops are resampled to: the row's ``target_voxel_um``, else ``default`` (a registered
     data set's working scale), else the finest spacing."""
     target = str(row.get("target_voxel_um") or "").strip()
     if target.lower() == "nan":
         target = ""
+    if isinstance(default, dict):  # per structure group (a plate inherits the scale of each structure's base)
+        from cellrep_core.structures import structure_key
+
+        default = default.get(structure_key(row.get("structure_name"), row.get("shape_type")))
     if not target:
         return float(default) if default else min(voxel)
     try:
@@ -150,7 +154,7 @@ def working_voxel_um(row: dict, voxel: tuple[float, float, float], cell_id: str,
 
 def _ingest_fov_row(
     row: dict, manifest: Path, ds: str, pid: str, data_root: Path | None, crops_dir: Path, seen: set[str],
-    default_voxel_um: float | None = None,
+    default_voxel_um: float | dict[str, float] | None = None,
 ) -> tuple[list[dict], list[dict]]:
     """Split one field-of-view row into single-cell crops (written under ``crops_dir``) and validate them."""
     fov_id = str(row["cell_id"])
@@ -207,14 +211,15 @@ def ingest_manifest(
     plate_id: str | None = None,
     data_root: Path | None = None,
     crops_dir: Path | None = None,
-    default_voxel_um: float | None = None,
+    default_voxel_um: float | dict[str, float] | None = None,
 ) -> IngestResult:
     """Validate every cell of a manifest; bad cells are returned as quarantine rows, never raised.
 
     A row whose channels include ``cell_labels`` is a field of view: it is split into single-cell crops
     (see :func:`cellrep_core.data.fov.split_fov`) written under ``crops_dir`` (default
     ``$CELLREP_HOME/raw/<dataset>/fov_crops``), one cell row per crop. ``default_voxel_um``: the working voxel
-    size of rows without a ``target_voxel_um`` (a registered data set's derived scale; default: finest spacing).
+    size of rows without a ``target_voxel_um`` (a registered data set's derived scale, or one per structure group;
+    default: finest spacing).
     """
     manifest = Path(manifest)
     df = read_manifest(manifest)

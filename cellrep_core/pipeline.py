@@ -70,7 +70,7 @@ def generate_reference(dataset: str, size: int, seed: int, grid: int = 64) -> Pa
 
 def ingest(
     manifest: Path, wh: Warehouse, dataset: str, plate_id: str = "", data_root: Path | None = None,
-    default_voxel_um: float | None = None,
+    default_voxel_um: float | dict[str, float] | None = None,
 ) -> dict:
     """Validate a manifest's cells into ``cells`` and ``quarantine``, replacing that partition's rows.
     ``default_voxel_um``: working voxel size of rows without their own (a registered data set's scale)."""
@@ -108,12 +108,14 @@ def pointclouds(
     plate_id: str = "",
     cfg: SamplingConfig | None = None,
     n_workers: int | None = None,
+    cfg_of: dict[str, SamplingConfig] | None = None,
 ) -> dict:
-    """Sample the partition's cells into ``pointclouds/<dataset>/<partition>.parquet`` and index them."""
+    """Sample the partition's cells into ``pointclouds/<dataset>/<partition>.parquet`` and index them.
+    ``cfg_of``: the sampling of each structure group (``structures.structure_key``), else ``cfg``."""
     cfg = cfg or SamplingConfig()
     cells = cells_of(wh, dataset, plate_id)
     out = paths.pointcloud_path(dataset, partition)
-    res = build_pointclouds(cells, out, cfg, n_workers=n_workers)
+    res = build_pointclouds(cells, out, cfg, n_workers=n_workers, cfg_of=cfg_of)
     idx = res.index.assign(partition=partition)
     with wh.write() as con:
         con.execute("DELETE FROM pointcloud_index WHERE dataset = ? AND partition = ?", [dataset, partition])
@@ -146,8 +148,9 @@ def pointclouds(
     }
 
 
-def register_model(wh: Warehouse, tm: TrainedModel, dataset: str, plate_id: str = "") -> None:
-    """Record a model version with its lineage in the ``models`` table."""
+def register_model(wh: Warehouse, tm: TrainedModel, dataset: str, plate_id: str = "", structure_name: str = "") -> None:
+    """Record a model version with its lineage in the ``models`` table (``structure_name``: the structure group
+    a plate's fine-tuned model was trained on)."""
     lin = read_lineage(tm.path)
     row = pd.DataFrame(
         [
@@ -161,6 +164,7 @@ def register_model(wh: Warehouse, tm: TrainedModel, dataset: str, plate_id: str 
                 "config_json": tm.config.model_dump_json(),
                 "data_hash": lin.get("data_hash"),
                 "metrics_json": json.dumps(lin.get("metrics", {})),
+                "structure_name": structure_name,
             }
         ]
     )
@@ -182,16 +186,44 @@ def finetune_config(base: ModelConfig, max_epochs: int = FINETUNE_EPOCHS, lr_sca
 
 
 def finetune_plate(wh: Warehouse, plate_id: str, base: TrainedModel, max_epochs: int = FINETUNE_EPOCHS,
-                   lr_scale: float = FINETUNE_LR_SCALE, force: bool = False) -> TrainedModel:
-    """Warm-start from ``base`` and train a bounded number of epochs on one plate's clouds; registered
-    with its lineage (parent = base version, plate, config, data hash). Same inputs reuse the version."""
+                   lr_scale: float = FINETUNE_LR_SCALE, force: bool = False, structure: str | None = None,
+                   cell_ids: list[str] | None = None) -> TrainedModel:
+    """Warm-start from ``base`` and train a bounded number of epochs on one plate's clouds (of one structure
+    group: ``cell_ids``); registered with its lineage (parent = base version, plate, structure, config, data
+    hash). Same inputs reuse the version."""
     cfg = finetune_config(base.config, max_epochs=max_epochs, lr_scale=lr_scale)
-    return train(wh, PLATES_DATASET, plate_id, cfg, plate_id=plate_id, parent=base, force=force)
+    return train(wh, PLATES_DATASET, plate_id, cfg, plate_id=plate_id, parent=base, force=force,
+                 cell_ids=cell_ids, structure_name=structure or "")
 
 
-def plate_models(wh: Warehouse, plate_id: str) -> tuple[TrainedModel, TrainedModel]:
-    """The (base, fine-tuned) model pair of a plate: its latest fine-tuned version and that version's parent."""
-    ft = latest_model(wh, PLATES_DATASET, plate_id=plate_id)
+def plate_structures(wh: Warehouse, plate_id: str) -> list[str]:
+    """The structure groups of a plate that have cells and a fine-tuned model, in name order (``""``: a model from
+    before structure groups)."""
+    from cellrep_core.structures import plate_groups
+
+    df = wh.query("SELECT DISTINCT coalesce(structure_name, '') s FROM models WHERE dataset = ? AND plate_id = ? "
+                  "ORDER BY s", [PLATES_DATASET, plate_id])
+    present = plate_groups(wh, plate_id)
+    return [s for s in df.s if s == "" or s in present]
+
+
+def plate_models(wh: Warehouse, plate_id: str, structure: str | None = None) -> tuple[TrainedModel, TrainedModel]:
+    """The (base, fine-tuned) model pair of a plate (of one structure group): its latest fine-tuned version and
+    that version's parent. Without ``structure`` the plate must have one structure group."""
+    if structure is None:
+        groups = plate_structures(wh, plate_id)
+        if len(groups) > 1:
+            raise LookupError(f"plate {plate_id} has models for several structures {groups}; name one")
+        structure = groups[0] if groups else None
+    if structure is None:
+        ft = latest_model(wh, PLATES_DATASET, plate_id=plate_id)
+    else:
+        df = wh.query("SELECT * FROM models WHERE dataset = ? AND plate_id = ? AND coalesce(structure_name, '') = ? "
+                      "ORDER BY trained_at DESC LIMIT 1", [PLATES_DATASET, plate_id, structure])
+        if df.empty:
+            raise LookupError(f"no fine-tuned model of structure {structure} on plate {plate_id}; materialize "
+                              "plate_model first")
+        ft = _trained_model(df.iloc[0])
     parent = read_lineage(ft.path).get("parent_version")
     if not parent:
         raise LookupError(f"model {ft.version} of plate {plate_id} has no parent version in {ft.path}/lineage.json")
@@ -206,18 +238,25 @@ def train(
     plate_id: str = "",
     parent: TrainedModel | None = None,
     force: bool = False,
+    cell_ids: list[str] | None = None,
+    structure_name: str = "",
 ) -> TrainedModel:
-    """Train a model on a partition's clouds, save it under ``models/`` and register it."""
+    """Train a model on a partition's clouds (those of ``cell_ids`` when given), save it under ``models/`` and
+    register it."""
     items = read_pointclouds(paths.pointcloud_path(dataset, partition))
+    if cell_ids is not None:
+        keep = set(cell_ids)
+        items = [it for it in items if it.cell_id in keep]
     tm = train_model(
         cfg,
         items,
         paths.models_dir(),
         parent=parent,
         force=force,
-        lineage={"dataset": dataset, "partition": partition, "plate_id": plate_id},
+        lineage={"dataset": dataset, "partition": partition, "plate_id": plate_id,
+                 **({"structure_name": structure_name} if structure_name else {})},
     )
-    register_model(wh, tm, dataset, plate_id)
+    register_model(wh, tm, dataset, plate_id, structure_name)
     return tm
 
 
@@ -251,10 +290,15 @@ def _trained_model(r: pd.Series) -> TrainedModel:
 
 
 def embed(
-    wh: Warehouse, fs: FeatureStore, tm: TrainedModel, dataset: str, partition: str, plate_id: str = ""
+    wh: Warehouse, fs: FeatureStore, tm: TrainedModel, dataset: str, partition: str, plate_id: str = "",
+    cell_ids: list[str] | None = None, structure: str | None = None,
 ) -> dict:
-    """Embed a partition's cells with a model version into the feature store (upsert, no duplicates)."""
+    """Embed a partition's cells (of one structure group: ``cell_ids``, ``structure``) with a model version into
+    the feature store (upsert, no duplicates)."""
     items = read_pointclouds(paths.pointcloud_path(dataset, partition))
+    if cell_ids is not None:
+        keep = set(cell_ids)
+        items = [it for it in items if it.cell_id in keep]
     model = load_model(tm.path)
     t0 = time.perf_counter()
     z = embed_items(model, items)
@@ -275,6 +319,9 @@ def embed(
     # replace this partition's rows for this model version in one commit: cells dropped since the last run
     # disappear too, and a reader never sees the partition half written
     key = {"dataset": dataset, "plate_id": plate_id, "model_version": tm.version}
+    if structure is not None:  # one base model may embed several structure groups of a plate
+        named = bool(ids) and all(cells.at[c, "structure_name"] == structure for c in ids)
+        key |= {"structure_name": structure} if named else {"cell_id": list(cell_ids or ids) or ["\x00"]}
     if ids:
         fs.replace(key, meta, z)
     else:
@@ -365,14 +412,15 @@ def benchmark_dataset(
     return {"versions": versions, "missing": missing, "table": table, "reports": reports}
 
 
-TRUTH_COLUMNS = ["plate_id", "drug", "planted_effect", "concentration", "strength"]
+TRUTH_COLUMNS = ["plate_id", "drug", "planted_effect", "concentration", "strength", "structure_name"]
 
 
 def write_truth(wh: Warehouse, plate_dir: Path, plate_id: str) -> int:
     """Copy a synthetic plate's planted effects into ``drug_truth`` (per drug, or per drug and concentration for
     a screen plate) and, where the plate has one, every cell's truth into ``cell_truth`` (none for real plates)."""
     f = Path(plate_dir) / "drug_truth.csv"
-    df = pd.read_csv(f, dtype={"plate_id": str, "drug": str, "planted_effect": str}) if f.exists() else pd.DataFrame()
+    df = pd.read_csv(f, dtype={"plate_id": str, "drug": str, "planted_effect": str, "structure_name": str}) \
+        if f.exists() else pd.DataFrame()
     for col in TRUTH_COLUMNS:
         if col not in df.columns:
             df[col] = pd.Series(dtype=float) if col in ("concentration", "strength") else pd.Series(dtype=str)
@@ -403,35 +451,46 @@ def plate_screen_id(plate_dir: Path) -> str | None:
     return ids[0] if ids else None
 
 
-QVALUE_COLUMNS = ["plate_id", "drug", "concentration", "model_version", "feature_set", "n_cells",
+QVALUE_COLUMNS = ["plate_id", "structure_name", "drug", "concentration", "model_version", "feature_set", "n_cells",
                   "mean_average_precision", "p_value", "q_value", "is_hit"]
 
 
 def _plate_qvalues(wh: Warehouse, fs: FeatureStore, plate_id: str, model_versions: list[str], null_size: int,
-                   seed: int) -> pd.DataFrame:
-    """mAP / q-values of a plate's drugs for each model version's embeddings and the hand-crafted baseline."""
-    sets = plate_feature_sets(wh, fs, plate_id, model_versions)
+                   seed: int, structure: str = "", cell_ids: list[str] | None = None) -> pd.DataFrame:
+    """mAP / q-values of a plate's drugs (among the cells of one structure group) for each model version's
+    embeddings and the hand-crafted baseline."""
+    sets = plate_feature_sets(wh, fs, plate_id, model_versions, cell_ids=cell_ids)
     out = []
     for feature_set, version, meta, feats in sets:
+        if feature_set == "handcrafted" and len(meta) == 0:
+            continue  # punctate cells have no hand-crafted shape features
         res = drug_map_qvalues(meta.reset_index(drop=True), feats, control=CONTROL, null_size=null_size, seed=seed)
         out.append(res.assign(model_version=version, feature_set=feature_set))
-    return pd.concat(out, ignore_index=True)[QVALUE_COLUMNS]
+    return pd.concat(out, ignore_index=True).assign(structure_name=structure)[QVALUE_COLUMNS]
 
 
 def plate_feature_sets(wh: Warehouse, fs: FeatureStore, plate_id: str, model_versions: list[str],
-                       paths_of: dict[str, Path] | None = None) -> list[tuple[str, str, pd.DataFrame, np.ndarray]]:
+                       paths_of: dict[str, Path] | None = None, cell_ids: list[str] | None = None,
+                       ) -> list[tuple[str, str, pd.DataFrame, np.ndarray]]:
     """``(feature_set, model_version, meta, features)`` of a plate: each model version's whitened codes and the
     hand-crafted features; ``meta`` has cell_id, plate_id, drug, concentration, well. ``paths_of`` gives the folder of
-    a model version that is not in the ``models`` table (the benchmark's other model families)."""
+    a model version that is not in the ``models`` table (the benchmark's other model families); ``cell_ids``
+    restricts every set to those cells (one structure group)."""
+    keep = None if cell_ids is None else set(cell_ids)
     conc = wh.query("SELECT cell_id, concentration, well FROM cells WHERE plate_id = ?", [plate_id])
     hc = wh.query(
         "SELECT h.*, c.drug, c.concentration, c.well FROM handcrafted_features h JOIN cells c USING (cell_id) "
         "WHERE h.plate_id = ? ORDER BY cell_id",
         [plate_id],
     )
+    if keep is not None:
+        hc = hc[hc.cell_id.isin(keep)].reset_index(drop=True)
     sets = []
     for version in model_versions:
         emb_meta, vecs = fs.load({"plate_id": plate_id, "model_version": version})
+        if keep is not None:
+            mask = emb_meta.cell_id.isin(keep).to_numpy() if len(emb_meta) else np.zeros(0, bool)
+            emb_meta, vecs = emb_meta[mask].reset_index(drop=True), vecs[mask]
         if emb_meta.empty:
             raise LookupError(f"no embeddings for plate {plate_id} with model {version}; embed the plate first")
         path = (paths_of or {}).get(version) or model_by_version(wh, version).path
@@ -447,9 +506,32 @@ def profile_plate_models(
     seed: int = 0,
 ) -> pd.DataFrame:
     """q-values of one plate for several model versions (zero-shot base and fine-tuned) and the hand-crafted
-    baseline; all of the plate's earlier ``drug_qvalues`` rows are replaced in one transaction, other
-    plates' rows are not touched."""
+    baseline, over all of the plate's cells; all of the plate's earlier ``drug_qvalues`` rows are replaced in
+    one transaction, other plates' rows are not touched. (A plate of several structures: ``profile_plate``.)"""
     df = _plate_qvalues(wh, fs, plate_id, list(dict.fromkeys(model_versions)), null_size, seed)
+    wh.replace("drug_qvalues", df, {"plate_id": plate_id})
+    return df
+
+
+def profile_plate(wh: Warehouse, fs: FeatureStore, plate_id: str, null_size: int = 10000, seed: int = 0,
+                  ) -> pd.DataFrame:
+    """q-values of one plate per structure group: each group's drugs against the DMSO cells of the same group, in
+    the spaces of the group's base and fine-tuned models and the hand-crafted features; the plate's earlier
+    ``drug_qvalues`` rows are replaced in one transaction."""
+    from cellrep_core.structures import plate_groups
+
+    groups = plate_groups(wh, plate_id)
+    trained = set(plate_structures(wh, plate_id))
+    frames = []
+    for key, g in groups.items():
+        if key not in trained and not (len(groups) == 1 and trained == {""}):
+            continue  # no base model for this structure: plate_model reported it
+        base, ft = plate_models(wh, plate_id, key if key in trained else None)
+        frames.append(_plate_qvalues(wh, fs, plate_id, list(dict.fromkeys([base.version, ft.version])), null_size,
+                                     seed, structure=key, cell_ids=g["cell_ids"]))
+    if not frames:
+        raise LookupError(f"plate {plate_id}: no structure group has a fine-tuned model; materialize plate_model")
+    df = pd.concat(frames, ignore_index=True)
     wh.replace("drug_qvalues", df, {"plate_id": plate_id})
     return df
 
@@ -459,8 +541,9 @@ def default_model_config(dataset: str, **overrides: object) -> ModelConfig:
     return get_config(REFERENCE[dataset].model, **overrides)
 
 
-SCREEN_COLUMNS = ["screen_id", "drug", "concentration", "feature_set", "model_role", "model_version", "method",
-                  "n_plates", "n_cells", "mean_average_precision", "p_value", "q_value", "is_hit", "null_size"]
+SCREEN_COLUMNS = ["screen_id", "structure_name", "drug", "concentration", "feature_set", "model_role",
+                  "model_version", "method", "n_plates", "n_cells", "mean_average_precision", "p_value", "q_value",
+                  "is_hit", "null_size"]
 
 
 def screens(wh: Warehouse) -> dict[str, list[str]]:
@@ -473,41 +556,65 @@ def screens(wh: Warehouse) -> dict[str, list[str]]:
 def profile_screen(wh: Warehouse, fs: FeatureStore, screen_id: str, null_size: int = SCREEN_NULL_SIZE,
                    seed: int = 0) -> pd.DataFrame:
     """Screen-level mAP / q of every drug x concentration over the screen's replicate plates
-    (``cellrep_core.profiling.screen``), for the base model (zero-shot), the plates' fine-tuned models and the
-    hand-crafted features; replaces the screen's rows of ``screen_qvalues`` in one transaction.
+    (``cellrep_core.profiling.screen``), per structure group, for the base model (zero-shot), the plates'
+    fine-tuned models and the hand-crafted features; replaces the screen's rows of ``screen_qvalues`` in one
+    transaction.
 
     The base model's codes and the hand-crafted features are pooled over plates (per-plate DMSO normalisation,
     positives on the other plates); each plate's fine-tuned model has a space of its own, so those per-plate
     p-values (``drug_qvalues``) are combined by Fisher's method. When the plates were embedded by different
     base versions (the base was retrained between plates) the base rows are combined the same way."""
+    from cellrep_core.structures import plate_groups
+
     plates = screens(wh).get(screen_id)
     if not plates:
         raise LookupError(f"no plate registered for screen {screen_id!r}; land its plates first")
-    pairs = {pid: plate_models(wh, pid) for pid in plates}
     plate_rows = wh.query(
         f"SELECT * FROM drug_qvalues WHERE plate_id IN ({', '.join('?' * len(plates))})", plates)
     missing = [p for p in plates if p not in set(plate_rows.plate_id)]
     if missing:
         raise LookupError(f"screen {screen_id}: plates {missing} have no q-values yet; materialize plate_qvalues")
+    plate_rows["structure_name"] = plate_rows["structure_name"].fillna("")
+    groups = {pid: plate_groups(wh, pid) for pid in plates}
+    trained = {pid: set(plate_structures(wh, pid)) for pid in plates}
+    structures = sorted({k for pid in plates for k in groups[pid] if k in trained[pid]}) or [""]
+    frames = [_profile_screen_structure(wh, fs, s, plates, groups, trained, plate_rows, null_size, seed)
+              for s in structures]
+    out = pd.concat([f for f in frames if len(f)], ignore_index=True).assign(screen_id=screen_id, null_size=null_size)
+    out = out[SCREEN_COLUMNS]
+    wh.replace("screen_qvalues", out, {"screen_id": screen_id})
+    return out
+
+
+def _profile_screen_structure(wh: Warehouse, fs: FeatureStore, structure: str, plates: list[str], groups: dict,
+                              trained: dict, plate_rows: pd.DataFrame, null_size: int, seed: int) -> pd.DataFrame:
+    """The screen rows of one structure group (``""``: plates from before structure groups)."""
+    have = [p for p in plates if structure in trained[p] or (structure == "" and trained[p] <= {""})]
+    pairs = {pid: plate_models(wh, pid, structure or None) for pid in have}
+    cells = {pid: (groups[pid][structure]["cell_ids"] if structure in groups[pid] else None) for pid in have}
+    rows = plate_rows[plate_rows.plate_id.isin(have) & (plate_rows.structure_name == structure)]
     frames = []
     base_versions = {pid: b.version for pid, (b, _) in pairs.items()}
     shared_base = len(set(base_versions.values())) == 1
     # each plate's feature sets read once: the shared base model's whitened codes (when one base embedded every
     # plate) and the hand-crafted features, pooled over plates below
-    per_plate = [plate_feature_sets(wh, fs, pid, [base_versions[pid]] if shared_base else []) for pid in plates]
+    per_plate = [plate_feature_sets(wh, fs, pid, [base_versions[pid]] if shared_base else [], cell_ids=cells[pid])
+                 for pid in have]
 
     def pooled(role: str, version: str, feature_set: str) -> None:
         sets = [(meta, x) for plate_sets in per_plate for fset, v, meta, x in plate_sets
-                if fset == feature_set and v == version]
+                if fset == feature_set and v == version and len(meta)]
+        if not sets:
+            return
         res = screen_map_qvalues(pd.concat([m for m, _ in sets], ignore_index=True),
                                  np.concatenate([x for _, x in sets]), control=CONTROL, null_size=null_size,
                                  seed=seed)
         frames.append(res.assign(feature_set=feature_set, model_role=role, model_version=version))
 
     def combined(role: str, versions: dict[str, str], feature_set: str) -> None:
-        rows = pd.concat([plate_rows[(plate_rows.plate_id == pid) & (plate_rows.feature_set == feature_set)
-                                     & (plate_rows.model_version == v)] for pid, v in versions.items()])
-        res = fisher_combine(rows)
+        sel = pd.concat([rows[(rows.plate_id == pid) & (rows.feature_set == feature_set)
+                              & (rows.model_version == v)] for pid, v in versions.items()])
+        res = fisher_combine(sel)
         label = next(iter(set(versions.values()))) if len(set(versions.values())) == 1 else "per_plate"
         frames.append(res.assign(feature_set=feature_set, model_role=role, model_version=label))
 
@@ -517,10 +624,7 @@ def profile_screen(wh: Warehouse, fs: FeatureStore, screen_id: str, null_size: i
         combined("base", base_versions, "embedding")
     combined("finetuned", {pid: ft.version for pid, (_, ft) in pairs.items()}, "embedding")
     pooled("handcrafted", "", "handcrafted")
-    out = pd.concat(frames, ignore_index=True).assign(screen_id=screen_id, null_size=null_size)
-    out = out[SCREEN_COLUMNS]
-    wh.replace("screen_qvalues", out, {"screen_id": screen_id})
-    return out
+    return pd.concat(frames, ignore_index=True).assign(structure_name=structure) if frames else pd.DataFrame()
 
 
 def screen_reports(wh: Warehouse, screen_id: str) -> dict[str, Path]:

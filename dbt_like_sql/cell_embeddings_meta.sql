@@ -16,3 +16,5 @@ from cell_embeddings as e
 join cells as c on c.cell_id = e.cell_id and c.dataset = e.dataset
 left join models as m on m.model_version = e.model_version
 left join drug_truth as t on t.plate_id = c.plate_id and t.drug = c.drug
+    and coalesce(t.concentration, -1) = coalesce(c.concentration, -1)
+    and coalesce(t.structure_name, '') in ('', coalesce(c.structure_name, ''))

@@ -1,7 +1,8 @@
--- Dose response per screen, drug and model role: mAP and q at each concentration (ascending) and the rank
+-- Dose response per screen, structure, drug and model role: mAP and q at each concentration (ascending) and the rank
 -- correlation of mAP with dose (1: mAP rises with every step up in concentration).
 select
     screen_id,
+    structure_name,
     drug,
     model_role,
     any_value(planted_effect) as planted_effect,
@@ -13,10 +14,10 @@ select
     bool_or(is_hit) as hit_at_any_dose
 from (
     select *,
-        rank() over (partition by screen_id, drug, model_role order by concentration) as rank_conc,
-        rank() over (partition by screen_id, drug, model_role order by mean_average_precision) as rank_map
+        rank() over (partition by screen_id, structure_name, drug, model_role order by concentration) as rank_conc,
+        rank() over (partition by screen_id, structure_name, drug, model_role order by mean_average_precision) as rank_map
     from screen_hits
     where concentration is not null
 )
-group by screen_id, drug, model_role
-order by screen_id, model_role, drug
+group by screen_id, structure_name, drug, model_role
+order by screen_id, structure_name, model_role, drug

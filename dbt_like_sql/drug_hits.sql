@@ -1,6 +1,7 @@
--- Drug hits (per drug and concentration) across plates, feature sets and models (base / fine-tuned), next to the planted effect (synthetic plates).
+-- Drug hits (per structure, drug and concentration) across plates, feature sets and models (base / fine-tuned), next to the planted effect (synthetic plates).
 select
     q.plate_id,
+    coalesce(q.structure_name, '') as structure_name,
     q.drug,
     q.concentration,
     q.feature_set,
@@ -18,5 +19,6 @@ select
 from drug_qvalues as q
 left join drug_truth as t
     on t.plate_id = q.plate_id and t.drug = q.drug and coalesce(t.concentration, -1) = coalesce(q.concentration, -1)
+    and coalesce(t.structure_name, '') in ('', coalesce(q.structure_name, ''))
 left join models as m on m.model_version = q.model_version
-order by q.plate_id, q.feature_set, model_role, q.q_value, q.drug, q.concentration
+order by q.plate_id, structure_name, q.feature_set, model_role, q.q_value, q.drug, q.concentration

@@ -1,4 +1,4 @@
--- Per plate, drug and concentration: the zero-shot base model, the plate's fine-tuned model and the hand-crafted baseline
+-- Per plate, structure, drug and concentration: the zero-shot base model, the plate's fine-tuned model and the hand-crafted baseline
 -- side by side (mAP vs DMSO, q-value, hit), next to the planted effect (synthetic plates).
 with q as (
     select
@@ -13,6 +13,7 @@ with q as (
 )
 select
     q.plate_id,
+    coalesce(q.structure_name, '') as structure_name,
     q.drug,
     q.concentration,
     coalesce(any_value(t.planted_effect), 'unknown') as planted_effect,
@@ -30,5 +31,6 @@ select
 from q
 left join drug_truth as t
     on t.plate_id = q.plate_id and t.drug = q.drug and coalesce(t.concentration, -1) = coalesce(q.concentration, -1)
-group by q.plate_id, q.drug, q.concentration
-order by q.plate_id, q.drug, q.concentration
+    and coalesce(t.structure_name, '') in ('', coalesce(q.structure_name, ''))
+group by q.plate_id, coalesce(q.structure_name, ''), q.drug, q.concentration
+order by q.plate_id, structure_name, q.drug, q.concentration

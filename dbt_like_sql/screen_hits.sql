@@ -1,7 +1,8 @@
--- Screen-level hits: every drug x concentration over a screen's replicate plates, per feature set and model
+-- Screen-level hits: every structure x drug x concentration over a screen's replicate plates, per feature set and model
 -- role (base zero-shot, fine-tuned, hand-crafted), next to the planted effect and its strength (synthetic screens).
 select
     s.screen_id,
+    coalesce(s.structure_name, '') as structure_name,
     s.drug,
     s.concentration,
     s.feature_set,
@@ -19,4 +20,5 @@ select
 from screen_qvalues as s
 left join screen_truth as t
     on t.screen_id = s.screen_id and t.drug = s.drug and coalesce(t.concentration, -1) = coalesce(s.concentration, -1)
-order by s.screen_id, s.model_role, s.drug, s.concentration
+    and t.structure_name in ('', coalesce(s.structure_name, ''))
+order by s.screen_id, structure_name, s.model_role, s.drug, s.concentration

@@ -88,6 +88,8 @@ def _add_dataset_commands(sub) -> None:
     add.add_argument("--half-extent-vox", type=float, help="SDF box half-extent in voxels (default 32)")
     add.add_argument("--target-voxel-um", type=float, help="working voxel size (default: derived from the data so "
                                                            "that every structure fits the box)")
+    add.add_argument("--base-for", action="append", default=[], metavar="STRUCTURE",
+                     help="plates route cells of this structure_name to this data set's base model; repeatable")
     add.add_argument("--materialize", action="store_true", help="then materialize cells → embeddings here")
     add.add_argument("--max-epochs", type=int, default=0, help="epoch override of the base model's training")
     dsub.add_parser("list", help="registered data sets with their scale and what is materialized")
@@ -126,6 +128,11 @@ def _dataset_command(args) -> int:
         spec = odatasets.register_dataset(args.name, args.manifest, args.data_root, args.model, args.warm_start,
                                           args.half_extent_vox, args.target_voxel_um)
         print(datasets.describe(spec))
+        for structure in args.base_for:
+            from cellrep_core import structures
+
+            structures.set_base(Warehouse(), structure, spec.name)
+            print(f"plates route structure {structure} to the base model of {spec.name}")
         if not args.materialize:
             print(f"registered; materialize it from the Dagster UI (group datasets, partition {spec.name}), with "
                   f"`cellrep dataset materialize {spec.name}`, or let the daemon's automation do it")

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import tifffile
 
-from cellrep_core import datasets, paths, pipeline
+from cellrep_core import datasets, paths
 from cellrep_core.ingest import ingest_manifest
 from cellrep_core.pointclouds.build import SamplingConfig, build_pointclouds
 from cellrep_core.store.feature_store import FeatureStore

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pandas as pd
 import pytest
 
 from cellrep_core import paths
@@ -317,3 +318,66 @@ def test_ui_shows_the_hit_explanation_in_a_real_browser(demo_home):
     assert seen["metadata_key"].startswith("tiny_") and seen["metadata_key"].endswith("_walk")
     assert seen["natural_width"] > 800 and seen["natural_height"] > 150  # the strip, not a broken-image icon
     assert (home / "reports" / "ui_hit_explanation.png").stat().st_size > 50_000
+
+
+def test_mixed_plate_routes_each_structure_to_its_base_model(demo_home):
+    """A plate of punctate and polymorphic cells: each structure sampled its own way, fine-tuned from its own base,
+    embedded and profiled against its own DMSO cells; a structure without a base model is reported, the rest goes
+    on; a re-run duplicates nothing."""
+    import dagster as dg
+
+    from cellrep_core import pipeline, structures
+    from cellrep_core.cli import write_synthetic_plate
+    from orchestration.demo import _materialize, instance, register_landing_plates
+
+    pid = "mixed_p1"
+    write_synthetic_plate(pid, seed=11, n_dmso=8, n_per_drug=5, drugs={"s": "shrink", "p": "peripheral"}, mixed=True)
+    inst = instance()
+    register_landing_plates(inst)
+    cfg = {"ops": {"plate_qvalues": {"config": {"null_size": 200}}}}
+    _materialize(inst, dg.AssetSelection.groups("plates"), partition_key=pid, run_config=cfg)
+    wh, fs = Warehouse(), FeatureStore()
+    bases = {ds: pipeline.latest_model(wh, ds).version for ds in ("synthetic_polymorphic", "synthetic_punctate")}
+    m = wh.query("select structure_name, parent_version from models where plate_id = ? order by structure_name", [pid])
+    assert list(m.structure_name) == ["synthetic_foci", "synthetic_nucleolus"]
+    assert list(m.parent_version) == [bases["synthetic_punctate"], bases["synthetic_polymorphic"]]
+    kinds = wh.query("select c.structure_name, p.kind, count(*) n from pointcloud_index p join cells c using (cell_id) "
+                     "where c.plate_id = ? group by all order by 1", [pid])
+    assert [tuple(r) for r in kinds.itertuples(index=False)] == [("synthetic_foci", "punctate", 18),
+                                                                 ("synthetic_nucleolus", "sdf", 18)]
+    q = wh.query("select * from drug_qvalues where plate_id = ?", [pid])
+    per = q.groupby(["structure_name", "feature_set"]).size().to_dict()
+    # two drugs per structure; punctate cells have no hand-crafted shape features
+    assert per == {("synthetic_foci", "embedding"): 4, ("synthetic_nucleolus", "embedding"): 4,
+                   ("synthetic_nucleolus", "handcrafted"): 2}
+    assert (q.n_cells == 5).all()
+    ft = dict(zip(m.structure_name, wh.query("select model_version from models where plate_id = ? "
+                                             "order by structure_name", [pid]).model_version, strict=True))
+    foci_versions = set(q[q.structure_name == "synthetic_foci"].model_version)
+    assert foci_versions == {bases["synthetic_punctate"], ft["synthetic_foci"]}
+    meta = pd.concat([fs.load({"plate_id": pid}, table=t)[0] for t in fs.table_names()])
+    assert len(meta) == 2 * 36 and not meta.duplicated(["cell_id", "model_version"]).any()
+    foci = meta[meta.structure_name == "synthetic_foci"]
+    assert set(foci.model_version) == {bases["synthetic_punctate"], ft["synthetic_foci"]}
+    truth = wh.query("select structure_name, drug, planted_effect from drug_truth where plate_id = ? order by 1, 2",
+                     [pid])
+    assert len(truth) == 4 and set(truth.planted_effect) == {"shrink", "peripheral", "none"}
+    before = (len(q), len(meta))
+    _materialize(inst, dg.AssetSelection.groups("plates"), partition_key=pid, run_config=cfg)
+    meta = pd.concat([fs.load({"plate_id": pid}, table=t)[0] for t in fs.table_names()])
+    assert (len(wh.query("select * from drug_qvalues where plate_id = ?", [pid])), len(meta)) == before
+    # a structure routed to a data set without a model: reported in plate_model's metadata, the other goes on
+    structures.set_base(wh, "synthetic_foci", "no_such_set")
+    try:
+        pid2 = "mixed_p2"
+        write_synthetic_plate(pid2, seed=12, n_dmso=6, n_per_drug=4, drugs={"s": "shrink"}, mixed=True)
+        register_landing_plates(inst)
+        res = _materialize(inst, dg.AssetSelection.groups("plates"), partition_key=pid2, run_config=cfg)
+        md = res.asset_materializations_for_node("plate_model")[0].metadata
+        assert "synthetic_foci" in md["skipped_structures"].value
+        assert "--base-for synthetic_foci" in md["skipped_structures"].value["synthetic_foci"]
+        q2 = wh.query("select distinct structure_name from drug_qvalues where plate_id = ?", [pid2])
+        assert list(q2.structure_name) == ["synthetic_nucleolus"]
+    finally:
+        with wh.write() as con:
+            con.execute("DELETE FROM structure_bases")

@@ -629,3 +629,86 @@ def generate_drug_plate(
     )
     truth.to_csv(out_dir / "drug_truth.csv", index=False)
     return _write_manifest(out_dir, rows)
+
+
+# --------------------------------------------------------------------------------------- mixed plates
+
+# a punctate planted effect moves the puncta: towards the nuclear surface, or towards its centre
+PUNCTATE_EFFECTS: dict[str, str] = {"none": "random", "peripheral": "surface", "central": "radial"}
+POLYMORPHIC_STRUCTURE = "synthetic_nucleolus"
+PUNCTATE_STRUCTURE = "synthetic_foci"
+# default drugs of a mixed plate: (polymorphic effect, punctate effect)
+DEFAULT_MIXED_DRUGS: dict[str, tuple[str, str]] = {
+    "shrinkol": ("shrink", "none"),
+    "periphin": ("none", "peripheral"),
+    "inertol": ("none", "none"),
+}
+
+
+def parse_mixed_effect(spec: str) -> tuple[str, str]:
+    """``"shrink"``, ``"peripheral"`` or ``"shrink+peripheral"`` → (polymorphic effect, punctate effect)."""
+    poly, punct = "none", "none"
+    for part in [p for p in str(spec).split("+") if p]:
+        if part in PLANTED_EFFECTS:
+            poly = part
+        elif part in PUNCTATE_EFFECTS:
+            punct = part
+        else:
+            raise ValueError(f"unknown planted effect {part!r}; polymorphic: {PLANTED_EFFECTS}, punctate: "
+                             f"{tuple(PUNCTATE_EFFECTS)}")
+    return poly, punct
+
+
+def generate_mixed_plate(
+    out_dir: Path,
+    plate_id: str,
+    seed: int,
+    n_dmso: int = 32,
+    n_per_drug: int = 16,
+    drugs: dict[str, tuple[str, str]] | None = None,
+    grid: int = 64,
+) -> pd.DataFrame:
+    """Write one plate whose wells hold two structures: polymorphic nucleolus-like cells and punctate foci cells.
+
+    Each drug has a planted effect per structure (``(polymorphic, punctate)``): a polymorphic effect as in
+    :func:`generate_drug_plate`, a punctate one as a placement rule of the puncta (``peripheral``: towards the
+    nuclear surface, ``central``: towards its centre; DMSO and ``none``: uniform). ``drug_truth.csv`` has one
+    row per drug and structure."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    drugs = dict(DEFAULT_MIXED_DRUGS if drugs is None else drugs)
+    for name, (poly, punct) in drugs.items():
+        if poly not in PLANTED_EFFECTS or punct not in PUNCTATE_EFFECTS:
+            raise ValueError(f"drug {name!r}: effects {(poly, punct)}; polymorphic one of {PLANTED_EFFECTS}, "
+                             f"punctate one of {tuple(PUNCTATE_EFFECTS)}")
+        if name == CONTROL_DRUG:
+            raise ValueError(f"{CONTROL_DRUG!r} is the plate control and cannot be listed among the drugs")
+    rows: list[dict[str, Any]] = []
+    plan = [(CONTROL_DRUG, ("none", "none"), CONTROL_WELL, n_dmso)]
+    plan += [(name, eff, well_name(j + 1), n_per_drug) for j, (name, eff) in enumerate(drugs.items())]
+    for drug, (poly, punct), well, n in plan:
+        key = _name_key(drug)
+        for i in range(n):
+            label = CONTROL_LABEL if drug == CONTROL_DRUG else poly
+            cseed = cell_seed(seed, key, 0, i)
+            rng = np.random.default_rng(cseed)
+            n_pieces, volume, elongation = plate_cell_parameters(rng, poly, grid)
+            nmask, smask, _ = polymorphic_cell(rng, grid, n_pieces, volume, elongation)
+            cell_id = f"{plate_id}_{well}_n{i:03d}"
+            _write_cell_tiff(out_dir / f"{cell_id}.tiff", np.stack([_to_u8(nmask), _to_u8(smask)]))
+            rows.append(_row(cell_id, PLATES_DATASET, "polymorphic", POLYMORPHIC_STRUCTURE, label,
+                             ("nucleus", "structure"), cseed, plate_id=plate_id, well=well, drug=drug))
+            label = CONTROL_LABEL if drug == CONTROL_DRUG else punct
+            cseed = cell_seed(seed, key, 1, i)
+            raw, pmask, _, _ = punctate_cell(np.random.default_rng(cseed), grid, PUNCTATE_EFFECTS[punct])
+            cell_id = f"{plate_id}_{well}_f{i:03d}"
+            _write_cell_tiff(out_dir / f"{cell_id}.tiff", np.stack([raw, pmask.astype(np.uint16) * np.uint16(255)]))
+            rows.append(_row(cell_id, PLATES_DATASET, "punctate", PUNCTATE_STRUCTURE, label, ("raw", "nucleus"),
+                             cseed, plate_id=plate_id, well=well, drug=drug))
+    truth = pd.DataFrame(
+        [{"plate_id": plate_id, "drug": name, "planted_effect": eff, "structure_name": structure}
+         for name, (poly, punct) in drugs.items()
+         for structure, eff in ((POLYMORPHIC_STRUCTURE, poly), (PUNCTATE_STRUCTURE, punct))]
+    )
+    truth.to_csv(out_dir / "drug_truth.csv", index=False)
+    return _write_manifest(out_dir, rows)

@@ -139,13 +139,18 @@ def build_pointclouds(
     cfg: SamplingConfig = SamplingConfig(),
     n_workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    cfg_of: dict[str, SamplingConfig] | None = None,
 ) -> BuildResult:
-    """Sample every cell (in parallel), write one Parquet file atomically, return index and quarantine."""
+    """Sample every cell (in parallel), write one Parquet file atomically, return index and quarantine.
+    ``cfg_of``: the sampling of each structure group (``structure_key``), else ``cfg``."""
     t0 = time.perf_counter()
     rows = cells.to_dict("records")
     n_workers = n_workers or min(len(rows), os.cpu_count() or 1) or 1
     results: list[dict] = []
-    jobs = [(r, asdict(cfg)) for r in rows]
+    from cellrep_core.structures import structure_key
+
+    cfg_of = cfg_of or {}
+    jobs = [(r, asdict(cfg_of.get(structure_key(r.get("structure_name"), r.get("shape_type")), cfg))) for r in rows]
     if n_workers <= 1 or len(rows) < 4:
         it = map(_worker, jobs)
         pool = None

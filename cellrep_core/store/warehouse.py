@@ -33,6 +33,8 @@ SCHEMA: dict[str, str] = {
         name VARCHAR PRIMARY KEY, manifest VARCHAR, data_root VARCHAR, shape_type VARCHAR, structures VARCHAR,
         model VARCHAR, warm_start VARCHAR, half_extent_vox DOUBLE, target_voxel_um DOUBLE, scale_source VARCHAR,
         max_extent_um DOUBLE, n_rows INTEGER, registered_at TIMESTAMP DEFAULT current_timestamp""",
+    "structure_bases": """
+        structure_name VARCHAR PRIMARY KEY, base_dataset VARCHAR, registered_at TIMESTAMP DEFAULT current_timestamp""",
     "plates": """
         plate_id VARCHAR PRIMARY KEY, source_dir VARCHAR, n_cells INTEGER, n_quarantined INTEGER,
         screen_id VARCHAR, registered_at TIMESTAMP DEFAULT current_timestamp""",
@@ -42,7 +44,9 @@ SCHEMA: dict[str, str] = {
     "handcrafted_features": """
         cell_id VARCHAR, dataset VARCHAR, plate_id VARCHAR, volume DOUBLE, surface_area DOUBLE,
         n_pieces DOUBLE, mean_piece_distance DOUBLE""",
-    "drug_truth": "plate_id VARCHAR, drug VARCHAR, planted_effect VARCHAR, concentration DOUBLE, strength DOUBLE",
+    "drug_truth": """
+        plate_id VARCHAR, drug VARCHAR, planted_effect VARCHAR, concentration DOUBLE, strength DOUBLE,
+        structure_name VARCHAR""",
     "cell_truth": """
         cell_id VARCHAR, plate_id VARCHAR, well VARCHAR, drug VARCHAR, concentration DOUBLE, effect VARCHAR,
         strength DOUBLE, debris BOOLEAN, edge_well BOOLEAN, batch_factor DOUBLE, nuclear_volume DOUBLE,
@@ -50,19 +54,19 @@ SCHEMA: dict[str, str] = {
     "models": """
         model_name VARCHAR, model_version VARCHAR PRIMARY KEY, parent_version VARCHAR, dataset VARCHAR,
         plate_id VARCHAR, path VARCHAR, config_json VARCHAR, data_hash VARCHAR, metrics_json VARCHAR,
-        trained_at TIMESTAMP DEFAULT current_timestamp""",
+        trained_at TIMESTAMP DEFAULT current_timestamp, structure_name VARCHAR""",
     "benchmark_metrics": """
         model VARCHAR, model_version VARCHAR, dataset VARCHAR, metric VARCHAR, value DOUBLE, std DOUBLE,
         n INTEGER, note VARCHAR, computed_at TIMESTAMP DEFAULT current_timestamp""",
     "drug_qvalues": """
         plate_id VARCHAR, drug VARCHAR, model_version VARCHAR, feature_set VARCHAR, n_cells INTEGER,
         mean_average_precision DOUBLE, p_value DOUBLE, q_value DOUBLE, is_hit BOOLEAN,
-        computed_at TIMESTAMP DEFAULT current_timestamp, concentration DOUBLE""",
+        computed_at TIMESTAMP DEFAULT current_timestamp, concentration DOUBLE, structure_name VARCHAR""",
     "screen_qvalues": """
         screen_id VARCHAR, drug VARCHAR, concentration DOUBLE, feature_set VARCHAR, model_role VARCHAR,
         model_version VARCHAR, method VARCHAR, n_plates INTEGER, n_cells INTEGER, mean_average_precision DOUBLE,
         p_value DOUBLE, q_value DOUBLE, is_hit BOOLEAN, null_size INTEGER,
-        computed_at TIMESTAMP DEFAULT current_timestamp""",
+        computed_at TIMESTAMP DEFAULT current_timestamp, structure_name VARCHAR""",
     "cell_shape_features": """
         dataset VARCHAR, cell_id VARCHAR, nuclear_volume DOUBLE, nuclear_surface_area DOUBLE,
         nuclear_sphericity DOUBLE, nuclear_extent_1 DOUBLE, nuclear_extent_2 DOUBLE, nuclear_extent_3 DOUBLE,
@@ -97,8 +101,10 @@ SCHEMA: dict[str, str] = {
 MIGRATIONS: dict[str, list[str]] = {
     "cells": ["concentration DOUBLE"],
     "plates": ["screen_id VARCHAR"],
-    "drug_truth": ["concentration DOUBLE", "strength DOUBLE"],
-    "drug_qvalues": ["concentration DOUBLE"],
+    "drug_truth": ["concentration DOUBLE", "strength DOUBLE", "structure_name VARCHAR"],
+    "drug_qvalues": ["concentration DOUBLE", "structure_name VARCHAR"],
+    "models": ["structure_name VARCHAR"],
+    "screen_qvalues": ["structure_name VARCHAR"],
 }
 
 
