@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from cellrep_core.data.cells import parse_voxel_size, read_cell_image, read_fov_images, read_manifest
+from cellrep_core.data.cells import binarize, parse_voxel_size, read_cell_image, read_fov_images, read_manifest
 from cellrep_core.errors import CellInputError
 from cellrep_core.ingest import resolve_path
 from cellrep_core.store.warehouse import Warehouse
@@ -103,7 +103,7 @@ def _row_extents(row: dict, manifest: Path, data_root: Path | None) -> tuple[lis
         labels = np.asarray(images["cell_labels"])
         inside = "nucleus_labels" if str(row.get("structure_in") or "cell").strip() == "nucleus" else "cell_labels"
         container = np.asarray(images.get(inside, labels))
-        structure = np.asarray(images["structure"]) > 0
+        structure = binarize(images["structure"])
         out = []
         for i, sl in enumerate(ndimage.find_objects(labels.astype(np.int64, copy=False))):
             if sl is None:
@@ -115,7 +115,7 @@ def _row_extents(row: dict, manifest: Path, data_root: Path | None) -> tuple[lis
     images = read_cell_image(files[0], channels, cid)
     if "structure" not in images:
         return [], voxel  # punctate cells are sampled in voxels of the raw image, not in the SDF box
-    return [_structure_extent_um(np.asarray(images["structure"]) > 0, voxel)], voxel
+    return [_structure_extent_um(binarize(images["structure"]), voxel)], voxel
 
 
 def derive_scale(manifest: Path, data_root: Path | None = None,

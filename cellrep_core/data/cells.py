@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import tifffile
+from scipy import ndimage
 
 from cellrep_core.errors import CellInputError
 
@@ -258,11 +259,50 @@ def _check_finite(arrays: dict[str, np.ndarray], cell_id: str, path: Path | str 
         )
 
 
+# a mask with intermediate values along the edge of its full-valued region (an 8-bit mask resampled with linear
+# interpolation: 0 … 255) is cut at this fraction of its maximum, where the original mask's boundary lies
+INTERPOLATED_MASK_THRESHOLD = 0.5
+
+
+def binarize(arr: np.ndarray) -> np.ndarray:
+    """A mask channel as bool.
+
+    Binary masks (one non-zero value: 0/1, 0/255, one label) keep every non-zero voxel, and so do label images
+    (pieces of a few constant values). A mask resampled with interpolation (an 8-bit mask zoomed with linear
+    interpolation: 0 … 255 along its edges) is cut at ``INTERPOLATED_MASK_THRESHOLD`` of its maximum; ``> 0`` would
+    grow every object by the interpolation's halo. A mask counts as interpolated when its intermediate values
+    are many (more than 8 distinct, none holding a quarter of them) and every object holding one also holds
+    full-valued voxels (a ramp from the object's core to the background)."""
+    a = np.asarray(arr)
+    if a.dtype == bool:
+        return a
+    nz = a > 0
+    if not nz.any():
+        return nz
+    sl = ndimage.find_objects(nz.astype(np.uint8))[0]
+    sub = a[sl]
+    mx = sub.max()
+    top = sub == mx
+    mid = (sub > 0) & ~top
+    n_mid = int(mid.sum())
+    if n_mid == 0:
+        return nz
+    _, counts = np.unique(sub[mid], return_counts=True)
+    if len(counts) <= 8 or counts.max() >= 0.25 * n_mid:
+        return nz
+    comp, n = ndimage.label(sub > 0)
+    has_top = np.zeros(n + 1, bool)
+    has_top[np.unique(comp[top])] = True
+    if not has_top[comp[mid]].all():
+        return nz
+    return a >= INTERPOLATED_MASK_THRESHOLD * float(mx)
+
+
 def _check_nucleus(
     nucleus: np.ndarray, cell_id: str, path: Path | str | None, what: str = "nucleus"
 ) -> np.ndarray:
     """Return the ``what`` (nucleus or cell) mask, raising ``empty_<what>`` or ``all_foreground``."""
-    mask = nucleus > 0
+    mask = binarize(nucleus)
     if not mask.any():
         raise CellInputError(
             cell_id,
@@ -295,7 +335,7 @@ def validate_polymorphic(
     _check_same_zyx(arrays, cell_id, path)
     _check_finite(arrays, cell_id, path)
     container = _check_nucleus(arrays[container_name], cell_id, path, what=container_name)
-    structure = arrays["structure"] > 0
+    structure = binarize(arrays["structure"])
     if not structure.any():
         raise CellInputError(
             cell_id,

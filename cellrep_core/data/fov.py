@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from cellrep_core.data.cells import binarize
+
 
 @dataclass
 class FovCell:
@@ -37,17 +39,39 @@ def isotropic_zoom(voxel_size_zyx: tuple[float, float, float]) -> tuple[float, f
     return tuple(float(v) for v in vs / vs.min())
 
 
+def block_mean(mask: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
+    """Mean of a mask over ``size`` blocks (the last block of an axis averages what it holds), computed one slab
+    of ``size[0]`` z-planes at a time: memory is the output plus one float32 slab, never a float copy of the
+    whole volume (a 300 × 750 × 750 crop is 169 M voxels: 675 MB as float32)."""
+    m = np.asarray(mask)
+    kz, ky, kx = (max(1, int(k)) for k in size)
+    nz, ny, nx = m.shape
+    ys, xs = np.arange(0, ny, ky), np.arange(0, nx, kx)
+    count_yx = np.outer(np.diff(np.append(ys, ny)), np.diff(np.append(xs, nx))).astype(np.float32)
+    out = np.empty((len(range(0, nz, kz)), len(ys), len(xs)), np.float32)
+    for i, z0 in enumerate(range(0, nz, kz)):
+        slab = m[z0:z0 + kz]
+        plane = slab.sum(axis=0, dtype=np.float32)
+        plane = np.add.reduceat(np.add.reduceat(plane, ys, axis=0), xs, axis=1)
+        out[i] = plane / (count_yx * slab.shape[0])
+    return out
+
+
 def resample_mask(mask: np.ndarray, zoom: tuple[float, float, float]) -> np.ndarray:
-    """Resample a bool mask by ``zoom`` per axis: linear interpolation of the foreground fraction,
-    thresholded at 0.5. Axes that shrink are box-averaged over ``1 / zoom`` voxels first, so that every
-    source voxel counts (plain interpolation would sample a few and alias thin structures)."""
+    """Resample a bool mask by ``zoom`` per axis to ``round(shape · zoom)`` voxels: linear interpolation of the
+    foreground fraction, thresholded at 0.5. Axes that shrink are box-averaged over ``round(1 / zoom)`` voxels
+    first (``block_mean``, slab by slab), so that every source voxel counts (plain interpolation would sample a
+    few and alias thin structures) and a very large crop never exists as a float copy."""
     if all(abs(z - 1.0) < 1e-9 for z in zoom):
         return np.asarray(mask, dtype=bool)
-    frac = np.asarray(mask, dtype=np.float32)
+    m = np.asarray(mask)
+    target = [max(1, round(n * z)) for n, z in zip(m.shape, zoom, strict=True)]
     size = [max(1, round(1.0 / z)) if z < 1.0 else 1 for z in zoom]
-    if any(k > 1 for k in size):
-        frac = ndimage.uniform_filter(frac, size=size, mode="constant")
-    return ndimage.zoom(frac, zoom, order=1, mode="nearest", grid_mode=True) >= 0.5
+    frac = block_mean(m if m.dtype == bool else m > 0, size) if any(k > 1 for k in size) else m.astype(np.float32)
+    residual = [t / n for t, n in zip(target, frac.shape, strict=True)]
+    if all(abs(r - 1.0) < 1e-9 for r in residual):
+        return frac >= 0.5
+    return ndimage.zoom(frac, residual, order=1, mode="nearest", grid_mode=True) >= 0.5
 
 
 def resample_cell(images: dict[str, np.ndarray], zoom: tuple[float, float, float]) -> dict[str, np.ndarray]:
@@ -57,7 +81,7 @@ def resample_cell(images: dict[str, np.ndarray], zoom: tuple[float, float, float
         if name == "raw":
             out[name] = ndimage.zoom(np.asarray(arr, dtype=np.float32), zoom, order=1, mode="nearest", grid_mode=True)
         else:
-            out[name] = resample_mask(np.asarray(arr) > 0, zoom)
+            out[name] = resample_mask(binarize(arr), zoom)
     return out
 
 
@@ -91,6 +115,8 @@ def split_fov(
         raise ValueError(f"structure_in must be 'cell' or 'nucleus', got {structure_in!r}")
     if structure_in == "nucleus" and structure is not None and nucleus_labels is None:
         raise ValueError("structure_in='nucleus' needs nucleus labels")
+    if structure is not None:
+        structure = binarize(structure)
     zoom = isotropic_zoom(voxel_size_zyx)
     if target_voxel_um is not None:
         if not target_voxel_um > 0:
@@ -117,7 +143,7 @@ def split_fov(
         smask = None
         if structure is not None:
             container = cmask if structure_in == "cell" else nmask
-            smask = (np.asarray(structure)[box] > 0) & container
+            smask = structure[box] & container
         out.append(
             FovCell(
                 label=label,
