@@ -88,3 +88,38 @@ def test_downsampling_a_large_crop_never_makes_a_float_copy():
     assert peak < 0.15 * float_copy
     ref = ndimage.uniform_filter(mask.astype(np.float32), size=(3, 9, 9), mode="constant")[1::3, 4::9, 4::9]
     assert np.allclose(block_mean(mask, (3, 9, 9))[:, :33, :33], ref[:, :33, :33], atol=1e-5)
+
+
+def test_cytoplasmic_punctate_cells_sample_the_whole_cell(tmp_path):
+    """A punctate cell with a ``cell`` channel is sampled over the cell mask (lambda 500, skew floor 25) and
+    centred on the cell's centroid: puncta in the cytoplasm get the points; the nuclear recipe (nucleus dilated
+    by 8 voxels) would miss them."""
+    from cellrep_core.pointclouds.build import SamplingConfig, process_cell
+
+    shape = (40, 96, 96)
+    cell = _ball(shape, (20, 48, 48), (18, 44, 44))
+    nucleus = _ball(shape, (20, 48, 48), (8, 14, 14))
+    centres = [(20, 48, 12), (20, 48, 84), (20, 12, 48), (20, 84, 48), (12, 30, 30), (28, 66, 66)]  # cytoplasm
+    spots = np.zeros(shape, np.float32)
+    for c in centres:
+        spots[c] = 1.0
+    raw = (100 + 4000 * ndimage.gaussian_filter(spots, 1.0) / ndimage.gaussian_filter(spots, 1.0).max())
+    raw = raw + np.random.default_rng(0).normal(0, 3, shape)
+    img = np.stack([raw, nucleus * 255.0, cell * 255.0]).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "p.tiff", img)
+    row = {"cell_id": "p", "source_path": str(tmp_path / "p.tiff"), "shape_type": "punctate", "dataset": "x",
+           "plate_id": "", "voxel_size_um": 1.0}
+    cfg = SamplingConfig(n_dense=4096)
+    cyto = process_cell({**row, "channels": "raw;nucleus;cell"}, cfg)
+    nuc = process_cell({**row, "channels": "raw;nucleus;membrane"}, cfg)  # the cell channel under another name
+    assert cyto["ok"] and nuc["ok"]
+    origin = np.argwhere(cell).mean(axis=0)[::-1]  # the cell's centroid, xyz
+    pts = cyto["points"][:, :3] + origin
+    d = np.min(np.linalg.norm(pts[:, None, :] - np.array(centres)[None, :, ::-1], axis=2), axis=1)
+    assert (d <= 2.0).mean() > 0.95  # on the cytoplasmic puncta
+    share = np.bincount(np.argmin(np.linalg.norm(pts[:, None, :] - np.array(centres)[None, :, ::-1], axis=2), axis=1),
+                        minlength=len(centres)) / len(pts)
+    assert (share > 0.05).all()  # every punctum gets points
+    npts = nuc["points"][:, :3] + np.argwhere(ndimage.distance_transform_edt(~nucleus) <= 8).mean(axis=0)[::-1]
+    dn = np.min(np.linalg.norm(npts[:, None, :] - np.array(centres)[None, :, ::-1], axis=2), axis=1)
+    assert (dn <= 2.0).mean() < 0.5  # the nuclear recipe misses most of them

@@ -368,22 +368,27 @@ def validate_polymorphic(
 def validate_punctate(
     images: dict[str, np.ndarray], cell_id: str, path: Path | str | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Return (raw intensity as float32, nucleus mask as bool), or raise CellInputError."""
-    _require_channels(images, ("raw", "nucleus"), cell_id, path)
-    arrays = {n: np.asarray(images[n]) for n in ("raw", "nucleus")}
+    """Return (raw intensity as float32, container mask as bool), or raise CellInputError.
+
+    The container is the ``cell`` channel when the image has one (cytoplasmic punctate structures: the whole
+    cell is sampled), the ``nucleus`` channel otherwise (nuclear structures: the nucleus, dilated by the
+    sampler)."""
+    container = "cell" if "cell" in images else "nucleus"
+    _require_channels(images, ("raw", container), cell_id, path)
+    arrays = {n: np.asarray(images[n]) for n in ("raw", container)}
     _check_same_zyx(arrays, cell_id, path)
     _check_finite(arrays, cell_id, path)
-    nucleus = _check_nucleus(arrays["nucleus"], cell_id, path)
+    mask = _check_nucleus(arrays[container], cell_id, path, what=container)
     raw = arrays["raw"].astype(np.float32, copy=False)
-    if not np.any(raw[nucleus] != 0):
+    if not np.any(raw[mask] != 0):
         raise CellInputError(
             cell_id,
             path,
             "empty_intensity",
-            f"{path}: the raw intensity is 0 everywhere inside the nucleus; check the channel order in the "
+            f"{path}: the raw intensity is 0 everywhere inside the {container}; check the channel order in the "
             "manifest or re-acquire/re-export the raw channel.",
         )
-    return raw, nucleus
+    return raw, mask
 
 
 def resolve_cell_path(manifest_path: Path, cell_path: str | Path) -> Path:

@@ -35,6 +35,9 @@ class SamplingConfig:
 
     n_dense: int = 20480
     lam: float = 100.0
+    # cytoplasmic punctate structures (a ``cell`` channel): the cell mask, lambda 500, skew floored at 25
+    lam_cytoplasmic: float = 500.0
+    skew_floor_cytoplasmic: float = 25.0
     dilate_vox: int = 8
     ball_dilation: bool = True
     smooth_sigma: float = SMOOTH_SIGMA
@@ -74,10 +77,13 @@ def process_cell(row: dict, cfg: SamplingConfig) -> dict:
     channels = [c for c in str(row["channels"]).split(";") if c]
     try:
         if row["shape_type"] == "punctate":
-            raw, nucleus = validate_cell(Path(path), channels, "punctate", cell_id)
-            mask = dilate(nucleus, cfg.dilate_vox, cfg.ball_dilation)
+            raw, container = validate_cell(Path(path), channels, "punctate", cell_id)
+            if "cell" in channels:  # cytoplasmic: the whole cell, centred on the cell (membrane) centroid
+                mask, lam, floor = container, cfg.lam_cytoplasmic, cfg.skew_floor_cytoplasmic
+            else:  # nuclear: the nucleus grown by dilate_vox, centred on its centroid
+                mask, lam, floor = dilate(container, cfg.dilate_vox, cfg.ball_dilation), cfg.lam, None
             pts = intensity_sample(
-                raw, mask, rng, n_dense=cfg.n_dense, lam=cfg.lam, max_exponent=cfg.max_exponent,
+                raw, mask, rng, n_dense=cfg.n_dense, lam=lam, skew_floor=floor, max_exponent=cfg.max_exponent,
                 smooth_sigma=cfg.smooth_sigma, subvoxel=cfg.subvoxel, cell_id=cell_id, path=path
             )
             return {
