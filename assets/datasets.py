@@ -36,7 +36,7 @@ def _md(d: dict) -> dict:
 
 def sampling_of(spec: datasets.DatasetSpec) -> SamplingConfig:
     """How a data set's cells are sampled: the defaults at the data set's box."""
-    return SamplingConfig(half_extent_vox=spec.half_extent_vox)
+    return SamplingConfig(half_extent_vox=spec.half_extent_vox, per_cell_scale=spec.per_cell_scale)
 
 
 class SamplingWorkersConfig(dg.Config):

@@ -83,14 +83,11 @@ def plate_cells(context: dg.AssetExecutionContext, warehouse: WarehouseResource)
           description="Point clouds of a plate's cells (SDF for polymorphic, intensity sampling for punctate "
                       "structures, each at the scale of its structure's base data set) and hand-crafted features.")
 def plate_pointclouds(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
-    from cellrep_core.pointclouds.build import SamplingConfig
-
     pid = context.partition_key
     wh = warehouse.get()
     t0 = time.perf_counter()
     cells = pipeline.cells_of(wh, PLATES_DATASET, pid)
-    _, half = structures.manifest_scales(wh, cells)
-    cfg_of = {k: SamplingConfig(half_extent_vox=h) for k, h in half.items()}
+    _, cfg_of = structures.manifest_scales(wh, cells)
     res = pipeline.pointclouds(wh, PLATES_DATASET, pid, plate_id=pid, cfg_of=cfg_of)
     res["stage_seconds"] = round(time.perf_counter() - t0, 2)
     context.log.info(f"plate {pid} point clouds: {res}")

@@ -60,6 +60,7 @@ class DatasetSpec:
     scale_source: str  # "manifest", "registration", "derived" or "native"
     max_extent_um: float | None
     n_rows: int
+    per_cell_scale: bool = False
 
     @property
     def partition(self) -> str:
@@ -154,7 +155,8 @@ def _manifest_targets(df: pd.DataFrame) -> set[float]:
 
 
 def build_spec(name: str, manifest: Path, data_root: Path | None = None, model: str = "", warm_start: str = "",
-               half_extent_vox: float | None = None, target_voxel_um: float | None = None) -> DatasetSpec:
+               half_extent_vox: float | None = None, target_voxel_um: float | None = None,
+               per_cell_scale: bool = False) -> DatasetSpec:
     """Check a manifest and derive its scale; the record ``register`` stores (nothing written)."""
     from cellrep_core.models.config import REGISTRY
 
@@ -195,6 +197,8 @@ def build_spec(name: str, manifest: Path, data_root: Path | None = None, model: 
         target, source = None, "manifest"  # each row keeps its own; rows without one get the derived value
         if scale["target_voxel_um"] is not None:
             target = scale["target_voxel_um"]
+    elif per_cell_scale:
+        target, source = None, "per_cell"  # every cell gets a box of its own size: no common voxel size needed
     elif scale["target_voxel_um"] is not None:
         target, source = scale["target_voxel_um"], "derived"
     else:
@@ -203,7 +207,7 @@ def build_spec(name: str, manifest: Path, data_root: Path | None = None, model: 
     return DatasetSpec(name=name, manifest=str(manifest), data_root=str(Path(data_root).resolve()) if data_root
                        else "", shape_type=shape_type, structures=";".join(structures), model=model,
                        warm_start=warm_start, half_extent_vox=half, target_voxel_um=target, scale_source=source,
-                       max_extent_um=scale["max_extent_um"], n_rows=len(df))
+                       max_extent_um=scale["max_extent_um"], n_rows=len(df), per_cell_scale=bool(per_cell_scale))
 
 
 def register(wh: Warehouse, spec: DatasetSpec) -> DatasetSpec:
@@ -223,6 +227,7 @@ def get(wh: Warehouse, name: str) -> DatasetSpec:
     fields = DatasetSpec.__dataclass_fields__
     vals = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items() if k in fields}
     vals["n_rows"] = int(vals["n_rows"])
+    vals["per_cell_scale"] = bool(vals.get("per_cell_scale") or False)
     return DatasetSpec(**vals)
 
 
@@ -236,7 +241,9 @@ def list_names(wh: Warehouse) -> list[str]:
 
 def describe(spec: DatasetSpec) -> str:
     """One paragraph for the user: what was registered and at which scale."""
-    if spec.scale_source == "manifest":
+    if spec.scale_source == "per_cell":
+        scale = "each cell scaled to its own SDF box (per-cell scale; sizes only in the hand-crafted features)"
+    elif spec.scale_source == "manifest":
         rest = (f"; rows without one: {spec.target_voxel_um:g} µm, derived (the largest structure reaches "
                 f"{spec.max_extent_um:g} µm from its centroid)" if spec.target_voxel_um else "")
         scale = (f"working voxel from the manifest's target_voxel_um{rest}, box half-extent "

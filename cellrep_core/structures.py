@@ -68,29 +68,31 @@ def plate_groups(wh: Warehouse, plate_id: str) -> dict[str, dict]:
     return out
 
 
-def base_scale(wh: Warehouse, dataset: str) -> tuple[float | None, float]:
-    """``(working voxel µm or None for native, SDF box half-extent)`` of a base data set: plates are sampled at
-    the scale of the base they are fine-tuned from."""
+def base_scale(wh: Warehouse, dataset: str):
+    """``(working voxel µm or None for native, SamplingConfig)`` of a base data set: plates are sampled at the
+    scale of the base they are fine-tuned from (its box, or a box per cell)."""
     from cellrep_core import datasets
+    from cellrep_core.pointclouds.build import SamplingConfig
 
     if dataset in DEFAULT_BASE.values():
-        return None, datasets.DEFAULT_HALF_EXTENT_VOX
+        return None, SamplingConfig(half_extent_vox=datasets.DEFAULT_HALF_EXTENT_VOX)
     spec = datasets.get(wh, dataset)
-    return spec.target_voxel_um, spec.half_extent_vox
+    return spec.target_voxel_um, SamplingConfig(half_extent_vox=spec.half_extent_vox,
+                                                per_cell_scale=spec.per_cell_scale)
 
 
-def manifest_scales(wh: Warehouse, manifest_rows: pd.DataFrame) -> tuple[dict[str, float], dict[str, float]]:
-    """Per structure group of a plate manifest: working voxel (only where the base has one) and box half-extent."""
-    voxel, half = {}, {}
+def manifest_scales(wh: Warehouse, manifest_rows: pd.DataFrame) -> tuple[dict, dict]:
+    """Per structure group of a plate manifest: working voxel (only where the base has one) and sampling config."""
+    voxel, sampling = {}, {}
     names = manifest_rows.get("structure_name", pd.Series([""] * len(manifest_rows)))
     shapes = manifest_rows.get("shape_type", pd.Series(["polymorphic"] * len(manifest_rows)))
     keys = {structure_key(n, s): str(s or "polymorphic") for n, s in zip(names, shapes, strict=True)}
     for key, shape in keys.items():
         try:
-            v, h = base_scale(wh, base_dataset(wh, key, shape))
+            v, cfg = base_scale(wh, base_dataset(wh, key, shape))
         except ValueError:
             continue  # an unknown shape type or base: ingest and plate_model report it
         if v:
             voxel[key] = v
-        half[key] = h
-    return voxel, half
+        sampling[key] = cfg
+    return voxel, sampling

@@ -88,6 +88,9 @@ def _add_dataset_commands(sub) -> None:
     add.add_argument("--half-extent-vox", type=float, help="SDF box half-extent in voxels (default 32)")
     add.add_argument("--target-voxel-um", type=float, help="working voxel size (default: derived from the data so "
                                                            "that every structure fits the box)")
+    add.add_argument("--per-cell-scale", action="store_true",
+                     help="scale each polymorphic cell to its own SDF box (mixed-size sets; sizes then live only in "
+                          "the hand-crafted features)")
     add.add_argument("--base-for", action="append", default=[], metavar="STRUCTURE",
                      help="plates route cells of this structure_name to this data set's base model; repeatable")
     add.add_argument("--materialize", action="store_true", help="then materialize cells → embeddings here")
@@ -126,7 +129,7 @@ def _dataset_command(args) -> int:
         return 0
     if args.dataset_command == "add":
         spec = odatasets.register_dataset(args.name, args.manifest, args.data_root, args.model, args.warm_start,
-                                          args.half_extent_vox, args.target_voxel_um)
+                                          args.half_extent_vox, args.target_voxel_um, args.per_cell_scale)
         print(datasets.describe(spec))
         for structure in args.base_for:
             from cellrep_core import structures

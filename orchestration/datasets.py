@@ -34,13 +34,14 @@ def add_partition(inst: dg.DagsterInstance, name: str) -> bool:
 
 def register_dataset(name: str, manifest: Path, data_root: Path | None = None, model: str = "",
                      warm_start: str = "", half_extent_vox: float | None = None,
-                     target_voxel_um: float | None = None,
+                     target_voxel_um: float | None = None, per_cell_scale: bool = False,
                      inst: dg.DagsterInstance | None = None) -> datasets.DatasetSpec:
     """Check the manifest, derive the working scale, store the record and add the Dagster partition."""
     from orchestration.demo import instance
 
     spec = datasets.build_spec(name, manifest, data_root, model=model, warm_start=warm_start,
-                               half_extent_vox=half_extent_vox, target_voxel_um=target_voxel_um)
+                               half_extent_vox=half_extent_vox, target_voxel_um=target_voxel_um,
+                               per_cell_scale=per_cell_scale)
     datasets.register(Warehouse(), spec)
     add_partition(inst or instance(), spec.name)
     return spec

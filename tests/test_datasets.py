@@ -155,3 +155,25 @@ def test_cli_dataset_add_and_ingest(home, tmp_path, capsys):
     assert paths.pointcloud_path("big", "all").exists()
     assert main(["dataset", "list"]) == 0
     assert "derived" in capsys.readouterr().out
+
+
+def test_per_cell_scale_fits_cells_of_any_size(home, tmp_path):
+    """Registered with --per-cell-scale, every polymorphic cell is meshed in a box of its own size: the large
+    tubes embed at the native voxel size, and each cloud reaches 0.9 of its box."""
+    from cellrep_core.pointclouds.build import read_pointclouds
+    from orchestration.datasets import materialize_dataset, register_dataset
+
+    man = _large_fov(tmp_path / "big")
+    spec = register_dataset("big", man, per_cell_scale=True)
+    assert (spec.scale_source, spec.target_voxel_um, spec.per_cell_scale) == ("per_cell", None, True)
+    assert datasets.get(Warehouse(), "big").per_cell_scale
+    res = materialize_dataset("big", ["dataset_cells", "dataset_pointclouds"],
+                              {"ops": {"dataset_pointclouds": {"config": {"workers": 1}}}})
+    assert res.success
+    wh = Warehouse()
+    assert wh.query("select count(*) n from quarantine where dataset = 'big'").n.iloc[0] == 0
+    assert (wh.query("select voxel_size_um from cells where dataset = 'big'").voxel_size_um == 0.2).all()
+    items = read_pointclouds(paths.pointcloud_path("big", "all"))
+    assert len(items) == 2
+    for it in items:
+        assert abs(np.abs(it.points).max() - 0.9) < 0.05  # surface samples reach the cell's own box

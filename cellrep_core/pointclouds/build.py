@@ -46,6 +46,8 @@ class SamplingConfig:
     n_surface: int = 4096
     grid: int = 32
     half_extent_vox: float = 32.0
+    # scale each polymorphic cell to its own box instead of one box for the data set (mixed-size sets)
+    per_cell_scale: bool = False
     seed: int = 0
 
 
@@ -101,7 +103,7 @@ def process_cell(row: dict, cfg: SamplingConfig) -> dict:
             rng,
             n_surface=cfg.n_surface,
             grid=cfg.grid,
-            half_extent_vox=cfg.half_extent_vox,
+            half_extent_vox=None if cfg.per_cell_scale else cfg.half_extent_vox,
             cell_id=cell_id,
             path=path,
         )

@@ -179,25 +179,34 @@ def sample_surface(mesh: trimesh.Trimesh, n: int, rng: np.random.Generator) -> n
     return a + uv[:, :1] * (b - a) + uv[:, 1:] * (c - a)
 
 
+# a cell scaled to its own box fills this fraction of the half-extent along its longest per-axis reach
+PER_CELL_FILL = 0.9
+
+
 def sdf_pointcloud(
     mask: np.ndarray,
     rng: np.random.Generator,
     n_surface: int = 4096,
     grid: int = 32,
-    half_extent_vox: float = 32.0,
+    half_extent_vox: float | None = 32.0,
     cell_id: str = "",
     path: str = "",
     sdf_method: str = "fast",
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Surface samples, SDF on ``query_grid(grid)`` and mesh stats of a mask, in normalised units.
 
-    ``sdf_method``: see :func:`grid_signed_distance`.
+    ``half_extent_vox``: the box half-extent in voxels, one for a whole data set; ``None`` scales each cell to its
+    own box (its mesh's largest per-axis distance from the centroid over ``PER_CELL_FILL``: the paper's expanded
+    polymorphic set, where sizes differ too much for one box; the scale is returned as ``info["half_extent_vox"]``
+    and the size survives only in the hand-crafted features). ``sdf_method``: see :func:`grid_signed_distance`.
     """
     mask = _check_mask(mask, cell_id, path)
     mesh = mask_to_mesh(mask, cell_id=cell_id, path=path)
     centroid = np.argwhere(mask).mean(axis=0)[::-1]  # voxel centroid, x, y, z
     rel = np.asarray(mesh.vertices) - centroid
     max_extent = float(np.abs(rel).max())
+    if half_extent_vox is None:
+        half_extent_vox = max_extent / PER_CELL_FILL
     if max_extent > half_extent_vox:
         raise CellInputError(
             cell_id,
@@ -218,6 +227,7 @@ def sdf_pointcloud(
         "mesh_volume_vox": float(mesh.volume),
         "mesh_area_vox": float(mesh.area),
         "max_extent_vox": max_extent,
+        "half_extent_vox": float(half_extent_vox),
         "centroid_xyz": [float(v) for v in centroid],
     }
     return surface, sdf, info

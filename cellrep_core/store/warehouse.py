@@ -32,7 +32,8 @@ SCHEMA: dict[str, str] = {
     "datasets": """
         name VARCHAR PRIMARY KEY, manifest VARCHAR, data_root VARCHAR, shape_type VARCHAR, structures VARCHAR,
         model VARCHAR, warm_start VARCHAR, half_extent_vox DOUBLE, target_voxel_um DOUBLE, scale_source VARCHAR,
-        max_extent_um DOUBLE, n_rows INTEGER, registered_at TIMESTAMP DEFAULT current_timestamp""",
+        max_extent_um DOUBLE, n_rows INTEGER, registered_at TIMESTAMP DEFAULT current_timestamp,
+        per_cell_scale BOOLEAN""",
     "structure_bases": """
         structure_name VARCHAR PRIMARY KEY, base_dataset VARCHAR, registered_at TIMESTAMP DEFAULT current_timestamp""",
     "plates": """
@@ -104,6 +105,7 @@ MIGRATIONS: dict[str, list[str]] = {
     "drug_truth": ["concentration DOUBLE", "strength DOUBLE", "structure_name VARCHAR"],
     "drug_qvalues": ["concentration DOUBLE", "structure_name VARCHAR"],
     "models": ["structure_name VARCHAR"],
+    "datasets": ["per_cell_scale BOOLEAN"],
     "screen_qvalues": ["structure_name VARCHAR"],
 }
 
