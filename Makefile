@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 CELLREP_HOME ?= $(CURDIR)/.cellrep
 export CELLREP_HOME
 
-.PHONY: install demo test ui lint clean bench-sdf bench-search bench-image bench-train bench-plates bench-screen
+.PHONY: install demo test ui lint clean bench-sdf bench-search bench-image bench-train bench-plates bench-screen \
+	bench-mixed bench-pyg
 
 $(STAMP): pyproject.toml
 	@command -v gfortran >/dev/null 2>&1 || { \
@@ -55,6 +56,16 @@ bench-train: $(STAMP)
 bench-plates: $(STAMP)
 	rm -rf $(CURDIR)/.cellrep-bench-plates
 	CELLREP_HOME=$(CURDIR)/.cellrep-bench-plates $(PY) benchmarks/bench_plates.py
+
+# plates of two structures (punctate + polymorphic) on a storage root of their own: routing and hits per structure
+bench-mixed: $(STAMP)
+	rm -rf $(CURDIR)/.cellrep-bench-mixed
+	CELLREP_HOME=$(CURDIR)/.cellrep-bench-mixed DAGSTER_HOME=$(CURDIR)/.cellrep-bench-mixed/dagster \
+	  $(PY) benchmarks/bench_mixed_plate.py
+
+# cellrep's dense EdgeConv against torch-geometric's on the same graph and weights
+bench-pyg: $(STAMP)
+	$(PY) benchmarks/bench_pyg.py
 
 # held-out calibration and power: screens from the evaluation seed range (>= 900,000) on a storage root of their own
 bench-screen: $(STAMP)

@@ -205,12 +205,16 @@ def plate_qvalues(context: dg.AssetExecutionContext, config: ProfileConfig, ware
     pid = context.partition_key
     wh = warehouse.get()
     t0 = time.perf_counter()
-    df = pipeline.profile_plate(wh, feature_store.get(), pid, null_size=config.null_size, seed=config.seed)
+    fs = feature_store.get()
+    df = pipeline.profile_plate(wh, fs, pid, null_size=config.null_size, seed=config.seed)
     hits = df[df.is_hit]
     emb = hits[hits.feature_set == "embedding"]
     md = {"n_drugs": int(df.drug.nunique()), "structures": ", ".join(sorted(set(df.structure_name))),
           "hits_handcrafted": int(hits[hits.feature_set == "handcrafted"].shape[0]),
           "stage_seconds": round(time.perf_counter() - t0, 2),
+          "embedding_table_versions": dg.MetadataValue.json(
+              {t: fs.tagged_versions(t).get(pipeline.qvalue_tag("plate", pid)) for t in fs.table_names()}),
+          "embedding_versions_tag": pipeline.qvalue_tag("plate", pid),
           "table": dg.MetadataValue.md(df.round(4).to_markdown(index=False))}
     for key in sorted(set(df.structure_name)):
         base, ft = pipeline.plate_models(wh, pid, key or None)

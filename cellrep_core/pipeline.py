@@ -331,6 +331,7 @@ def embed(
         "dim": int(z.shape[1]),
         "model_version": tm.version,
         "seconds_per_cell": seconds / max(len(ids), 1),
+        "commit_retries": fs.commit_retries,
     }
 
 
@@ -522,6 +523,7 @@ def profile_plate(wh: Warehouse, fs: FeatureStore, plate_id: str, null_size: int
 
     groups = plate_groups(wh, plate_id)
     trained = set(plate_structures(wh, plate_id))
+    read_versions = fs.current_versions()  # the embedding versions this profile reads: tagged below
     frames = []
     for key, g in groups.items():
         if key not in trained and not (len(groups) == 1 and trained == {""}):
@@ -533,7 +535,16 @@ def profile_plate(wh: Warehouse, fs: FeatureStore, plate_id: str, null_size: int
         raise LookupError(f"plate {plate_id}: no structure group has a fine-tuned model; materialize plate_model")
     df = pd.concat(frames, ignore_index=True)
     wh.replace("drug_qvalues", df, {"plate_id": plate_id})
+    fs.tag_versions(qvalue_tag("plate", plate_id), read_versions)
     return df
+
+
+def qvalue_tag(scope: str, scope_id: str) -> str:
+    """The feature-store tag of the embedding versions a plate's or screen's q-values were computed from
+    (``FeatureStore.load(version=...)`` reads them back; maintenance keeps them)."""
+    import re
+
+    return f"{scope}_qvalues_" + re.sub(r"[^A-Za-z0-9_.-]", "_", scope_id)
 
 
 def default_model_config(dataset: str, **overrides: object) -> ModelConfig:
@@ -575,6 +586,7 @@ def profile_screen(wh: Warehouse, fs: FeatureStore, screen_id: str, null_size: i
     if missing:
         raise LookupError(f"screen {screen_id}: plates {missing} have no q-values yet; materialize plate_qvalues")
     plate_rows["structure_name"] = plate_rows["structure_name"].fillna("")
+    read_versions = fs.current_versions()
     groups = {pid: plate_groups(wh, pid) for pid in plates}
     trained = {pid: set(plate_structures(wh, pid)) for pid in plates}
     structures = sorted({k for pid in plates for k in groups[pid] if k in trained[pid]}) or [""]
@@ -583,6 +595,7 @@ def profile_screen(wh: Warehouse, fs: FeatureStore, screen_id: str, null_size: i
     out = pd.concat([f for f in frames if len(f)], ignore_index=True).assign(screen_id=screen_id, null_size=null_size)
     out = out[SCREEN_COLUMNS]
     wh.replace("screen_qvalues", out, {"screen_id": screen_id})
+    fs.tag_versions(qvalue_tag("screen", screen_id), read_versions)
     return out
 
 

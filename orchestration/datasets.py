@@ -88,7 +88,14 @@ def ingest_command(manifest: Path, data_root: Path | None = None, dataset: str |
         raise ValueError(f"manifest {manifest} does not exist")
     df = read_manifest(manifest)
     ds = dataset or next((d for d in df.get("dataset", pd.Series(dtype=str)) if d), "") or manifest.parent.name
-    spec = register_dataset(ds, manifest, data_root)
+    try:  # a data set registered before keeps its options (model, warm start, box, scale given at registration)
+        old = datasets.get(Warehouse(), ds)
+        keep = {"model": old.model, "warm_start": old.warm_start, "half_extent_vox": old.half_extent_vox,
+                "per_cell_scale": old.per_cell_scale,
+                "target_voxel_um": old.target_voxel_um if old.scale_source == "registration" else None}
+    except datasets.DatasetError:
+        keep = {}
+    spec = register_dataset(ds, manifest, data_root, **keep)
     lines = [datasets.describe(spec)]
     from assets.datasets import embedding_model
 

@@ -1,7 +1,20 @@
-"""The LanceDB feature store of cell embeddings, keyed by (cell_id, model_version)."""
+"""The LanceDB feature store of cell embeddings, keyed by (cell_id, model_version).
+
+Correct without file locks: the key columns are declared the table's unenforced primary key (field metadata
+``lance-schema:unenforced-primary-key``, non-nullable), which makes concurrent ``merge_insert`` commits of the
+same new keys conflict and retry instead of both inserting (without it, two processes inserting the same new
+keys left duplicates, on local disk and on S3); a commit that still conflicts is retried a bounded number of
+times (``MAX_COMMIT_RETRIES``) and the retries are counted. The writer file lock stays on by default on local
+disk (it costs nothing and keeps writers from redoing work); ``lock=False`` or ``CELLREP_FS_LOCK=0`` turns it
+off, as object storage has no shared file lock. Tables from before the primary key are migrated on their next
+write (rewritten with the key schema as a new version; earlier versions stay readable).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -27,7 +40,28 @@ ANN_INDEX_TYPE = "IVF_HNSW_SQ"
 ANN_NPROBES = 10
 ANN_REFINE = 2
 ANN_REINDEX_FRACTION = 0.1
-LANCE_FORMAT = "2.1"  # rebuild when this fraction of rows is not covered by the index
+LANCE_FORMAT = "2.1"
+PK_MARKER = "lance-schema:unenforced-primary-key"
+MAX_COMMIT_RETRIES = 8
+
+
+def table_schema(dim: int) -> pa.Schema:
+    """An embedding table's schema: metadata strings (the key columns non-nullable and marked as the unenforced
+    primary key) and a fixed-size float32 vector."""
+    fields = [pa.field(c, pa.string(), nullable=c not in KEY, metadata={PK_MARKER: "true"} if c in KEY else None)
+              for c in META_COLUMNS]
+    return pa.schema([*fields, pa.field("vector", pa.list_(pa.float32(), dim))])
+
+
+def has_primary_key(schema: pa.Schema) -> bool:
+    """Whether every key column carries the primary-key marker."""
+    return all((schema.field(c).metadata or {}).get(PK_MARKER.encode(), b"").decode().lower() == "true"
+               for c in KEY)
+
+
+def _retryable(err: Exception) -> bool:
+    msg = str(err).lower()
+    return any(w in msg for w in ("conflict", "retryable", "concurrent", "was not found", "already exists"))
 
 
 def _quote(value: object) -> str:
@@ -52,12 +86,16 @@ def where_clause(filters: dict[str, object] | None) -> str | None:
 class FeatureStore:
     """Embeddings in LanceDB; writers are serialized by a file lock and use ``merge_insert`` on the key."""
 
-    def __init__(self, uri: Path | str | None = None) -> None:
+    def __init__(self, uri: Path | str | None = None, lock: bool | None = None) -> None:
         self.uri = Path(uri) if uri else paths.lancedb_path()
         self.uri.mkdir(parents=True, exist_ok=True)
-        self._lock = FileLock(str(self.uri) + ".lock")
+        if lock is None:
+            lock = os.environ.get("CELLREP_FS_LOCK", "1") not in ("0", "false", "no")
+        self._lock = FileLock(str(self.uri) + ".lock") if lock else contextlib.nullcontext()
         self.db = lancedb.connect(str(self.uri))
         self._dims: dict[str, int] = {}
+        self._keyed: set[str] = set()
+        self.commit_retries = 0  # commits retried after a conflict, over this object's lifetime
 
     def table_names(self) -> list[str]:
         """Embedding tables present (one per vector dimension; ``cell_embeddings`` first)."""
@@ -87,7 +125,7 @@ class FeatureStore:
             raise ValueError(f"duplicate key in embeddings batch: {dup['cell_id']} / {dup['model_version']}")
         cols = {c: pa.array(meta[c].astype(str).tolist(), pa.string()) for c in META_COLUMNS}
         cols["vector"] = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
-        return pa.table(cols)
+        return pa.table(cols, schema=table_schema(vectors.shape[1]))
 
     def upsert(self, meta: pd.DataFrame, vectors: np.ndarray) -> int:
         """Insert or replace rows keyed by (cell_id, model_version); re-running never duplicates."""
@@ -107,20 +145,45 @@ class FeatureStore:
 
     def _merge(self, data: pa.Table, delete_where: str | None = None) -> int:
         """Create the table of the vectors' dimension with ``data``, or merge ``data`` into it on the key
-        (and delete the rows matching ``delete_where`` that ``data`` does not have), under the writer lock."""
+        (and delete the rows matching ``delete_where`` that ``data`` does not have); a commit that conflicts with
+        another writer's is retried (at most ``MAX_COMMIT_RETRIES`` times, counted in ``commit_retries``)."""
         with self._lock:
             name = self.table_for_dim(data.schema.field("vector").type.list_size)
-            if name not in self.table_names():
-                # Lance file format 2.1: random access to the metadata of the k hits is 3-4x cheaper
-                # than in the 2.0 default (1M rows: 9 ms vs 32 ms per query, benchmarks/bench_search.py)
-                self.db.create_table(name, data=data, data_storage_version=LANCE_FORMAT)
-            else:
-                merge = self.db.open_table(name).merge_insert(KEY).when_matched_update_all()
-                merge = merge.when_not_matched_insert_all()
-                if delete_where is not None:
-                    merge = merge.when_not_matched_by_source_delete(delete_where)
-                merge.execute(data)
+            for attempt in range(MAX_COMMIT_RETRIES + 1):
+                try:
+                    if name not in self.table_names():
+                        # Lance file format 2.1: random access to the metadata of the k hits is 3-4x cheaper
+                        # than in the 2.0 default (1M rows: 9 ms vs 32 ms per query, benchmarks/bench_search.py)
+                        self.db.create_table(name, data=data, data_storage_version=LANCE_FORMAT)
+                    else:
+                        self.ensure_primary_key(name)
+                        merge = self.db.open_table(name).merge_insert(KEY).when_matched_update_all()
+                        merge = merge.when_not_matched_insert_all()
+                        if delete_where is not None:
+                            merge = merge.when_not_matched_by_source_delete(delete_where)
+                        merge.execute(data)
+                    break
+                except (OSError, RuntimeError, ValueError) as err:
+                    if attempt == MAX_COMMIT_RETRIES or not _retryable(err):
+                        raise
+                    self.commit_retries += 1
+                    time.sleep(0.05 * (2 ** attempt) * (0.5 + np.random.random()))
         return data.num_rows
+
+    def ensure_primary_key(self, table: str) -> bool:
+        """Declare the key columns the table's unenforced primary key, rewriting a table created before that
+        (one new version; earlier versions stay readable). True when it migrated the table."""
+        if table in self._keyed:
+            return False
+        tbl = self.db.open_table(table)
+        if has_primary_key(tbl.schema):
+            self._keyed.add(table)
+            return False
+        data = tbl.to_arrow()
+        data = data.cast(table_schema(data.schema.field("vector").type.list_size))
+        self.db.create_table(table, data=data, mode="overwrite", data_storage_version=LANCE_FORMAT)
+        self._keyed.add(table)
+        return True
 
     def delete(self, filters: dict[str, object], table: str = TABLE) -> None:
         """Delete rows matching the filters (used to replace one plate's rows)."""
@@ -161,18 +224,50 @@ class FeatureStore:
             tbl.checkout(int(version))
         return tbl
 
+    def current_versions(self) -> dict[str, int]:
+        """The current version of every embedding table (what a reader opening them now sees)."""
+        return {name: int(self.db.open_table(name).version) for name in self.table_names()}
+
+    def tag_versions(self, tag: str, versions: dict[str, int] | None = None) -> dict[str, int]:
+        """Tag each table's version (default: the current one) as ``tag``, moving an earlier tag of that name:
+        a q-value table records the embedding versions it read, and maintenance keeps tagged versions."""
+        versions = versions or self.current_versions()
+        with self._lock:
+            for name, version in versions.items():
+                tags = self.db.open_table(name).tags
+                if tag in tags.list():
+                    tags.update(tag, int(version))
+                else:
+                    tags.create(tag, int(version))
+        return versions
+
+    def tagged_versions(self, table: str = TABLE) -> dict[str, int]:
+        """Tag -> version of a table."""
+        if table not in self.table_names():
+            return {}
+        return {k: int(v["version"]) for k, v in self.db.open_table(table).tags.list().items()}
+
     def optimize(self, keep: timedelta = timedelta(days=7)) -> list[dict]:
         """Compact every table's files, fold new rows into its indices and drop versions older than ``keep``
-        (the latest version is always kept); returns per-table row and version counts."""
+        (the latest version is always kept) but never a tagged one: the cleanup window is widened to the
+        oldest tagged version (Lance refuses to clean up tagged versions, and a q-value table's tag must stay
+        readable). Returns per-table row and version counts."""
         out = []
         with self._lock:
             for name in self.table_names():
                 tbl = self.db.open_table(name)
                 before = len(tbl.list_versions())
-                tbl.optimize(cleanup_older_than=keep)
+                window = keep
+                tagged = set(self.tagged_versions(name).values())
+                if tagged:
+                    stamps = {int(v["version"]): v["timestamp"] for v in tbl.list_versions()}
+                    oldest = min(stamps[v] for v in tagged if v in stamps)
+                    now = datetime.now(oldest.tzinfo) if oldest.tzinfo else datetime.now(UTC).replace(tzinfo=None)
+                    window = max(keep, now - oldest + timedelta(minutes=1))
+                tbl.optimize(cleanup_older_than=window)
                 out.append(
                     {"table": name, "rows": tbl.count_rows(), "versions_before": before,
-                     "versions_after": len(tbl.list_versions())}
+                     "versions_after": len(tbl.list_versions()), "tagged": len(tagged)}
                 )
         return out
 
