@@ -330,8 +330,14 @@ def test_mixed_plate_routes_each_structure_to_its_base_model(demo_home):
     from cellrep_core.cli import write_synthetic_plate
     from orchestration.demo import _materialize, instance, register_landing_plates
 
+    def local_ids(folder):  # number cells per plate, as users do: the same ids on both mixed plates
+        man = pd.read_csv(folder / "manifest.csv")
+        man["cell_id"] = man.cell_id.str.replace(folder.name + "_", "", regex=False)
+        man.to_csv(folder / "manifest.csv", index=False)
+
     pid = "mixed_p1"
-    write_synthetic_plate(pid, seed=11, n_dmso=8, n_per_drug=5, drugs={"s": "shrink", "p": "peripheral"}, mixed=True)
+    local_ids(write_synthetic_plate(pid, seed=11, n_dmso=8, n_per_drug=5, drugs={"s": "shrink", "p": "peripheral"},
+                                    mixed=True))
     inst = instance()
     register_landing_plates(inst)
     cfg = {"ops": {"plate_qvalues": {"config": {"null_size": 200}}}}
@@ -370,7 +376,7 @@ def test_mixed_plate_routes_each_structure_to_its_base_model(demo_home):
     structures.set_base(wh, "synthetic_foci", "no_such_set")
     try:
         pid2 = "mixed_p2"
-        write_synthetic_plate(pid2, seed=12, n_dmso=6, n_per_drug=4, drugs={"s": "shrink"}, mixed=True)
+        local_ids(write_synthetic_plate(pid2, seed=12, n_dmso=8, n_per_drug=4, drugs={"s": "shrink"}, mixed=True))
         register_landing_plates(inst)
         res = _materialize(inst, dg.AssetSelection.groups("plates"), partition_key=pid2, run_config=cfg)
         md = res.asset_materializations_for_node("plate_model")[0].metadata
@@ -378,6 +384,10 @@ def test_mixed_plate_routes_each_structure_to_its_base_model(demo_home):
         assert "--base-for synthetic_foci" in md["skipped_structures"].value["synthetic_foci"]
         q2 = wh.query("select distinct structure_name from drug_qvalues where plate_id = ?", [pid2])
         assert list(q2.structure_name) == ["synthetic_nucleolus"]
+        # both plates numbered their cells B01_n000, …: stored under their plate's name, both profiled
+        ids = wh.query("select plate_id, cell_id from cells where plate_id in (?, ?) and cell_id like '%B01_n000'",
+                       [pid, pid2])
+        assert sorted(ids.cell_id) == [f"{pid}_B01_n000", f"{pid2}_B01_n000"]
     finally:
         with wh.write() as con:
             con.execute("DELETE FROM structure_bases")
