@@ -46,10 +46,12 @@ class SamplingWorkersConfig(dg.Config):
 
 
 class DatasetTrainConfig(dg.Config):
-    """Epoch override (0: the config's), retrain even when the version exists."""
+    """Epoch override (0: the config's), retrain even when the version exists, DDP processes (>= 2: torchrun
+    through Dagster Pipes, ``assets/training.py``)."""
 
     max_epochs: int = 0
     force: bool = False
+    processes: int = 1
 
 
 class DatasetEmbedConfig(dg.Config):
@@ -131,11 +133,18 @@ def dataset_model(context: dg.AssetExecutionContext, config: DatasetTrainConfig,
     spec = datasets.get(wh, context.partition_key)
     cfg, parent = dataset_train_config(wh, spec, config.max_epochs)
     t0 = time.perf_counter()
-    tm = pipeline.train(wh, spec.name, spec.partition, cfg, parent=parent, force=config.force)
+    if config.processes > 1:
+        from assets.training import train_distributed
+
+        tm, _ = train_distributed(context, wh, spec.name, spec.partition, cfg, config.processes, parent=parent,
+                                  force=config.force)
+    else:
+        tm = pipeline.train(wh, spec.name, spec.partition, cfg, parent=parent, force=config.force)
     context.log.info(f"{spec.name}: model {tm.version} ({'reused' if tm.reused else 'trained'})")
     return dg.MaterializeResult(metadata={
         "model_version": tm.version, "parent_version": parent.version if parent else "", "path": str(tm.path),
-        "reused": tm.reused, "stage_seconds": round(time.perf_counter() - t0, 2), **_md(tm.metrics)})
+        "reused": tm.reused, "processes": config.processes, "stage_seconds": round(time.perf_counter() - t0, 2),
+        **_md(tm.metrics)})
 
 
 def embedding_model(wh, spec: datasets.DatasetSpec, model_version: str = ""):

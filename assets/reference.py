@@ -22,11 +22,13 @@ class ReferenceDataConfig(dg.Config):
 
 
 class TrainConfig(dg.Config):
-    """Which registered model config to train, optional epoch override, and whether to retrain."""
+    """Which registered model config to train, optional epoch override, whether to retrain, and DDP processes
+    (>= 2: torchrun through Dagster Pipes, ``assets/training.py``)."""
 
     model: str = ""
     max_epochs: int = 0
     force: bool = False
+    processes: int = 1
 
 
 class BenchmarkConfig(dg.Config):
@@ -92,7 +94,13 @@ def reference_assets(spec: ReferenceSpec) -> list[dg.AssetsDefinition]:
               warehouse: WarehouseResource) -> dg.MaterializeResult:
         overrides = {"max_epochs": config.max_epochs} if config.max_epochs else {}
         cfg = pipeline.get_config(config.model or spec.model, **overrides)
-        tm = pipeline.train(warehouse.get(), ds, "reference", cfg, force=config.force)
+        if config.processes > 1:
+            from assets.training import train_distributed
+
+            tm, _ = train_distributed(context, warehouse.get(), ds, "reference", cfg, config.processes,
+                                      force=config.force)
+        else:
+            tm = pipeline.train(warehouse.get(), ds, "reference", cfg, force=config.force)
         context.log.info(f"model {tm.version} ({'reused' if tm.reused else 'trained'})")
         return dg.MaterializeResult(metadata={"model_version": tm.version, "path": str(tm.path),
                                               "reused": tm.reused, **_md(tm.metrics)})

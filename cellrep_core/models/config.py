@@ -51,6 +51,9 @@ class ModelConfig(BaseModel):
     seed: int = 0
     chunk_points: int = 0
     checkpointing: bool = False
+    # training inputs drawn per (cell, epoch) instead of from one stream, and batches from one permutation per
+    # epoch: any sharding of the batches (DDP) draws what one process draws (models/ddp.py)
+    per_item_draws: bool = False
 
     @model_validator(mode="after")
     def _segmentation_needs_an_sdf_image_model(self) -> ModelConfig:
@@ -73,7 +76,14 @@ class ModelConfig(BaseModel):
 
     def digest(self) -> str:
         """Short stable hash of the config, part of a model version."""
-        return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()[:10]
+        dump = self.model_dump()
+        for key, default in DIGEST_NEUTRAL_DEFAULTS.items():  # fields added later: at their default, the
+            if dump.get(key) == default:  # digest (and every model version) stays what it was
+                dump.pop(key)
+        return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:10]
+
+
+DIGEST_NEUTRAL_DEFAULTS: dict[str, object] = {"per_item_draws": False}
 
 
 def variant(cfg: ModelConfig, **changes: object) -> ModelConfig:

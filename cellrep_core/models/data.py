@@ -51,6 +51,9 @@ class CloudDataset(Dataset):
     def __init__(self, items: list[CloudItem], cfg: ModelConfig, train: bool, seed: int = 0) -> None:
         self.items, self.cfg, self.train = items, cfg, train
         self.rng = np.random.default_rng(seed)
+        # per_item_draws: a training item's draw depends on (cell, seed, epoch) only, not on the order items are
+        # read in (DDP shards read them in other orders than one process: models/ddp.py)
+        self.per_item_draws, self.epoch, self.seed = cfg.per_item_draws, 0, seed
         self.grid = None
         self._near: dict[int, np.ndarray] = {}
         self._inside: dict[int, np.ndarray] = {}
@@ -77,9 +80,18 @@ class CloudDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch the per-item draws are for."""
+        self.epoch = int(epoch)
+
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         item = self.items[i]
-        rng = self.rng if self.train else np.random.default_rng(cell_seed(item.cell_id, self.cfg.seed))
+        if not self.train:
+            rng = np.random.default_rng(cell_seed(item.cell_id, self.cfg.seed))
+        elif self.per_item_draws:
+            rng = np.random.default_rng([cell_seed(item.cell_id, self.seed), self.epoch])
+        else:
+            rng = self.rng
         out = {"points": torch.from_numpy(_draw_points(item, self.cfg, rng, noise=self.train))}
         if self.cfg.kind == "sdf":
             q = self._query_indices(i, rng)

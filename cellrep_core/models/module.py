@@ -79,12 +79,12 @@ class PointCloudAutoencoder(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.per_item_loss(batch).mean()
-        self.log("train_loss", loss, prog_bar=False, batch_size=batch["points"].shape[0])
+        self.log("train_loss", loss, prog_bar=False, batch_size=batch["points"].shape[0], sync_dist=True)
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.per_item_loss(batch).mean()
-        self.log("val_loss", loss, prog_bar=False, batch_size=batch["points"].shape[0])
+        self.log("val_loss", loss, prog_bar=False, batch_size=batch["points"].shape[0], sync_dist=True)
         return loss
 
     def configure_optimizers(self):

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from cellrep_core.models.config import ModelConfig
 from cellrep_core.models.data import CloudItem
@@ -149,9 +150,15 @@ def train_model(
     lineage: dict | None = None,
     force: bool = False,
     callbacks: list[L.Callback] | None = None,
+    distributed: bool = False,
 ) -> TrainedModel:
     """Train (or warm-start from ``parent``) and save weights, config and lineage under
     ``models_root/<name>/<version>/``; an existing identical version is reused unless ``force``.
+
+    ``distributed``: this process is one of a ``torchrun`` group (``models/ddp.py``): Lightning's DDP strategy
+    over ``LOCAL_WORLD_SIZE`` processes per node, batch norm synchronised, each process a shard of every batch;
+    rank 0 writes the version folder. Training then draws its inputs per (cell, epoch) whatever the config says,
+    so that the shards together see what one process would.
 
     Every epoch leaves ``last.ckpt`` (weights, optimizer, epoch, early-stopping and best-checkpoint state)
     in the version folder until training ends; a training of the same version that was interrupted (killed,
@@ -168,20 +175,37 @@ def train_model(
             fit_whitening(load_model(out), items, out)
         return TrainedModel(cfg.name, version, out, cfg, meta.get("metrics", {}), reused=True)
     out.mkdir(parents=True, exist_ok=True)
+    world = int(os.environ.get("WORLD_SIZE", "1")) if distributed else 1
+    rank = int(os.environ.get("RANK", "0")) if distributed else 0
+    if world > 1 and cfg.batch_size % world:
+        raise ValueError(f"model {cfg.name}: batch size {cfg.batch_size} is not divisible by {world} processes")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model = build_model(cfg)
     if parent is not None:
         model.load_state_dict(load_model(parent.path).state_dict())
+    if distributed and world > 1 and not torch.cuda.is_available():
+        from cellrep_core.models.ddp import all_reduce_batchnorm
+
+        all_reduce_batchnorm(model)  # torch's SyncBatchNorm is CUDA-only
     train, val = split_items(items, cfg.val_fraction, cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    train_dl = DataLoader(
-        make_dataset(cfg, train, train=True, seed=cfg.seed),
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        generator=gen,
-        drop_last=len(train) > cfg.batch_size,
-    )
-    val_dl = DataLoader(make_dataset(cfg, val, train=False), batch_size=cfg.batch_size) if val else None
+    per_item = cfg.per_item_draws or distributed
+    train_ds = make_dataset(cfg, train, train=True, seed=cfg.seed)
+    if per_item:
+        train_ds.per_item_draws = True
+        # one permutation per epoch, sharded across the processes (one process: the whole permutation)
+        sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
+                                     drop_last=len(train) > cfg.batch_size)
+        train_dl = DataLoader(train_ds, batch_size=cfg.batch_size // world, sampler=sampler,
+                              drop_last=len(train) > cfg.batch_size)
+    else:
+        gen = torch.Generator().manual_seed(cfg.seed)
+        train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=gen,
+                              drop_last=len(train) > cfg.batch_size)
+    val_dl = None
+    if val:
+        val_ds = make_dataset(cfg, val, train=False)
+        val_sampler = DistributedSampler(val_ds, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
+        val_dl = DataLoader(val_ds, batch_size=cfg.batch_size, sampler=val_sampler)
     # best.ckpt by validation loss (when there is a validation set) and last.ckpt every epoch, for resuming
     ckpt = ModelCheckpoint(dirpath=out, filename="best", monitor="val_loss" if val else None,
                            save_top_k=1 if val else 0, save_last=True)
@@ -189,13 +213,18 @@ def train_model(
     from cellrep_core.progress import epoch_progress
 
     cbs = [ckpt, *([EarlyStopping(monitor="val_loss", patience=cfg.patience)] if val else []),
-           epoch_progress(f"training {cfg.name} on {len(train)} cells", cfg.max_epochs), *(callbacks or [])]
+           epoch_progress(f"training {cfg.name} on {len(train)} cells", cfg.max_epochs), *(callbacks or []),
+           *([_EpochDraws()] if per_item else [])]
     cuda = torch.cuda.is_available()
     with _quiet_lightning():
+        ddp = {"strategy": "ddp_find_unused_parameters_true", "devices": int(os.environ.get("LOCAL_WORLD_SIZE", world)),
+               "num_nodes": max(1, world // int(os.environ.get("LOCAL_WORLD_SIZE", world))),
+               "sync_batchnorm": torch.cuda.is_available(), "use_distributed_sampler": False} if distributed \
+            else {"devices": 1}
         trainer = L.Trainer(
             max_epochs=cfg.max_epochs,
             accelerator=device_accelerator(),
-            devices=1,
+            **ddp,
             precision="16-mixed" if cuda else "32-true",
             callbacks=cbs,
             logger=CSVLogger(out, name="logs", version=""),
@@ -208,6 +237,12 @@ def train_model(
         with compiled_edges(fused_edges_pay_off(cfg)):
             trainer.fit(model, train_dl, val_dl, ckpt_path=resume)
     seconds = time.perf_counter() - t0
+    if rank != 0:  # rank 0 writes the version folder
+        return TrainedModel(cfg.name, version, out, cfg, {})
+    if distributed:  # the same weights in a fresh module: plain batch norm instead of the synchronised one
+        plain = build_model(cfg)
+        plain.load_state_dict(model.state_dict())
+        model = plain
     log.info("trained %s %s in %.0f s (%d epochs%s)", cfg.name, version, seconds, trainer.current_epoch,
              f", resumed at epoch {start_epoch}" if resume else "")
     if val and ckpt.best_model_path:
@@ -226,6 +261,7 @@ def train_model(
         "n_val": len(val),
         "samples_per_s": len(train) * max(trainer.current_epoch, 1) / seconds if seconds > 0 else None,
         "device": device_accelerator(),
+        "processes": world,
     }
     meta = {
         "name": cfg.name,
@@ -242,6 +278,17 @@ def train_model(
     fit_whitening(model, items, out)
     log.info("trained %s in %.1fs", version, seconds)
     return TrainedModel(cfg.name, version, out, cfg, metrics)
+
+
+class _EpochDraws(L.Callback):
+    """Tells a per-item-draws training set (and its sampler) which epoch runs, so every process draws the
+    inputs one process would."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        dl = trainer.train_dataloader
+        for obj in (getattr(dl, "dataset", None), getattr(dl, "sampler", None)):
+            if obj is not None and hasattr(obj, "set_epoch"):
+                obj.set_epoch(trainer.current_epoch)
 
 
 WHITENING_FILE = "whitening.npz"
