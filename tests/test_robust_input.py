@@ -123,3 +123,23 @@ def test_cytoplasmic_punctate_cells_sample_the_whole_cell(tmp_path):
     npts = nuc["points"][:, :3] + np.argwhere(ndimage.distance_transform_edt(~nucleus) <= 8).mean(axis=0)[::-1]
     dn = np.min(np.linalg.norm(npts[:, None, :] - np.array(centres)[None, :, ::-1], axis=2), axis=1)
     assert (dn <= 2.0).mean() < 0.5  # the nuclear recipe misses most of them
+
+
+def test_a_symlink_out_of_the_manifest_folder_is_refused(tmp_path):
+    """A manifest path that is a symlink inside the manifest's folder but points outside it (and outside any
+    --data-root) is quarantined as path_outside_root; the real file in the folder is ingested."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    inside = tmp_path / "plate"
+    inside.mkdir()
+    img = np.stack([_ball((20, 20, 20), (10, 10, 10), (6, 6, 6)), _ball((20, 20, 20), (10, 10, 10), (3, 3, 3))])
+    tifffile.imwrite(outside / "secret.tiff", img.astype(np.uint8) * 255)
+    tifffile.imwrite(inside / "ok.tiff", img.astype(np.uint8) * 255)
+    (inside / "link.tiff").symlink_to(outside / "secret.tiff")
+    rows = [{"cell_id": c, "path": p, "channels": "nucleus;structure", "shape_type": "polymorphic", "dataset": "s"}
+            for c, p in (("a", "ok.tiff"), ("b", "link.tiff"))]
+    pd.DataFrame(rows).to_csv(inside / "manifest.csv", index=False)
+    res = ingest_manifest(inside / "manifest.csv", crops_dir=tmp_path / "crops")
+    assert list(res.cells.cell_id) == ["s_a"]
+    q = res.quarantine.iloc[0]
+    assert (q.cell_id, q.reason) == ("s_b", "path_outside_root") and "elsewhere" in q.detail
