@@ -8,7 +8,7 @@ CELLREP_HOME ?= $(CURDIR)/.cellrep
 export CELLREP_HOME
 
 .PHONY: install demo test ui lint clean bench-sdf bench-search bench-image bench-train bench-plates bench-screen \
-	bench-mixed bench-pyg
+	bench-mixed bench-pyg bench-faults
 
 $(STAMP): pyproject.toml
 	@command -v gfortran >/dev/null 2>&1 || { \
@@ -66,6 +66,10 @@ bench-mixed: $(STAMP)
 # cellrep's dense EdgeConv against torch-geometric's on the same graph and weights
 bench-pyg: $(STAMP)
 	$(PY) benchmarks/bench_pyg.py
+
+# kill -9 at every write stage, then run again: identical to a run never killed?
+bench-faults: $(STAMP)
+	$(PY) benchmarks/bench_faults.py
 
 # held-out calibration and power: screens from the evaluation seed range (>= 900,000) on a storage root of their own
 bench-screen: $(STAMP)

@@ -214,7 +214,7 @@ def train_model(
 
     cbs = [ckpt, *([EarlyStopping(monitor="val_loss", patience=cfg.patience)] if val else []),
            epoch_progress(f"training {cfg.name} on {len(train)} cells", cfg.max_epochs), *(callbacks or []),
-           *([_EpochDraws()] if per_item else [])]
+           *([_EpochDraws()] if per_item else []), _FaultPoint()]
     cuda = torch.cuda.is_available()
     with _quiet_lightning():
         ddp = {"strategy": "ddp_find_unused_parameters_true", "devices": int(os.environ.get("LOCAL_WORLD_SIZE", world)),
@@ -278,6 +278,15 @@ def train_model(
     fit_whitening(model, items, out)
     log.info("trained %s in %.1fs", version, seconds)
     return TrainedModel(cfg.name, version, out, cfg, metrics)
+
+
+class _FaultPoint(L.Callback):
+    """``faults.point("epoch_end")`` after each epoch's checkpoint is saved (fault-injection tests)."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from cellrep_core import faults
+
+        faults.point("epoch_end")
 
 
 class _EpochDraws(L.Callback):

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy import ndimage
 
+from cellrep_core import faults
 from cellrep_core.errors import CellInputError
 from cellrep_core.ingest import QUARANTINE_COLUMNS, quarantine_row, validate_cell
 from cellrep_core.models.data import CloudItem
@@ -222,6 +223,7 @@ def write_pointclouds(results: list[dict], out_path: Path) -> None:
     )
     tmp = out_path.with_suffix(".parquet.tmp")
     pq.write_table(table, tmp)
+    faults.point("parquet_replace")
     os.replace(tmp, out_path)
 
 

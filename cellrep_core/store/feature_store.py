@@ -25,7 +25,7 @@ import pyarrow as pa
 from filelock import FileLock
 from lancedb.index import IvfHnswSq
 
-from cellrep_core import paths
+from cellrep_core import faults, paths
 
 TABLE = "cell_embeddings"
 META_COLUMNS = ["cell_id", "dataset", "plate_id", "drug", "structure_name", "model_name", "model_version"]
@@ -150,6 +150,7 @@ class FeatureStore:
         with self._lock:
             name = self.table_for_dim(data.schema.field("vector").type.list_size)
             for attempt in range(MAX_COMMIT_RETRIES + 1):
+                faults.point("lance_commit")
                 try:
                     if name not in self.table_names():
                         # Lance file format 2.1: random access to the metadata of the k hits is 3-4x cheaper

@@ -18,7 +18,7 @@ import duckdb
 import pandas as pd
 from filelock import FileLock
 
-from cellrep_core import paths
+from cellrep_core import faults, paths
 
 SCHEMA: dict[str, str] = {
     "cells": """
@@ -132,6 +132,7 @@ class Warehouse:
                 con.execute("BEGIN TRANSACTION")
                 try:
                     yield con
+                    faults.point("duckdb_commit")
                     con.execute("COMMIT")
                 except BaseException:
                     con.execute("ROLLBACK")
