@@ -60,6 +60,12 @@ class HitExplanationConfig(dg.Config):
     inline_hits: int = 4
 
 
+def walk_caption(drug: str, concentration: float | None, separation: float, effect_size: float) -> str:
+    """The line above a hit's walk strip (a plate without concentrations has none to show)."""
+    conc = "" if concentration is None or concentration != concentration else f" @ {concentration:g} µM"
+    return f"**{drug}{conc}** — separation {separation:.2f}, {effect_size:.1f}x the DMSO-split baseline"
+
+
 @dg.asset(group_name="screens", deps=[screen_qvalues], kinds={"duckdb"}, automation_condition=sql_automation(),
           description="What each drug does, for every screen (and every plate outside a screen): an LDA axis between "
                       "the treatment and DMSO in the base model's profiling space, the real cells along it, and its "
@@ -106,8 +112,8 @@ def hit_explanations(context: dg.AssetExecutionContext, config: HitExplanationCo
             stem = Path(r.report_path).stem
             walk = out_dir / f"{stem}_walk.png"
             md[f"{sid}_{stem}_walk"] = dg.MetadataValue.md(
-                f"**{r.drug} @ {r.concentration:g} µM** — separation {r.separation:.2f}, "
-                f"{r.effect_size:.1f}x the DMSO-split baseline\n\n![{stem} walk]({png_data_uri(walk)})")
+                f"{walk_caption(r.drug, r.concentration, r.separation, r.effect_size)}\n\n"
+                f"![{stem} walk]({png_data_uri(walk)})")
             md[f"{sid}_{stem}_report"] = dg.MetadataValue.path(str(r.report_path))
     return dg.MaterializeResult(metadata={"treatments_explained": n_done, "skipped": dg.MetadataValue.json(skipped),
                                           **md})

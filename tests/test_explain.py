@@ -96,3 +96,12 @@ def test_a_group_smaller_than_the_walk_leaves_empty_steps():
     from cellrep_core.analysis.explain import walk_strip
 
     assert walk_strip(e)[:4] == b"\x89PNG"
+
+
+def test_walk_caption_with_and_without_a_concentration():
+    """Plates without a dose series (concentration NULL) get a caption too (it used to raise in the asset)."""
+    from assets.screens import walk_caption
+
+    assert walk_caption("d", 3.0, 1.234, 5.67) == "**d @ 3 µM** — separation 1.23, 5.7x the DMSO-split baseline"
+    assert walk_caption("d", None, 1.0, 2.0).startswith("**d** — separation 1.00")
+    assert walk_caption("d", float("nan"), 1.0, 2.0).startswith("**d** —")
