@@ -41,9 +41,10 @@ def dagster_home() -> Path:
     cfg = home / "dagster.yaml"
     if not cfg.exists():
         cfg.write_text(DAGSTER_YAML)
-    else:  # a home from before: add what it lacks (no first-visit modal; progress in the run log)
+    else:  # a home from before: add what it lacks (the gpu pool's limit; no first-visit modal; progress in the log)
         text = cfg.read_text()
-        for key, block in (("nux:", "nux:\n  enabled: false\n"),
+        for key, block in (("concurrency:", "concurrency:\n  pools:\n    default_limit: 1\n"),
+                           ("nux:", "nux:\n  enabled: false\n"),
                            ("python_logs:", "python_logs:\n  python_log_level: INFO\n  managed_python_loggers:\n"
                                             "    - cellrep_core\n")):
             if key not in text:

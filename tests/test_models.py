@@ -102,6 +102,13 @@ def test_training_writes_versioned_checkpoint_and_reuses_it(tmp_path):
     assert tm.path == tmp_path / cfg.name / tm.version
     assert {"model.pt", "config.json", "lineage.json"} <= {p.name for p in tm.path.iterdir()}
     assert tm.version == model_version(cfg, data_hash(items))
+    # weights trained in mixed precision (CUDA) never share a version with fp32 ones
+    assert model_version(cfg, data_hash(items), precision="16-mixed") != tm.version
+    assert model_version(cfg, data_hash(items), precision="32-true") == tm.version
+    # a field added later, at its default, leaves every existing version as it was
+    from cellrep_core.models.config import variant
+
+    assert variant(cfg, per_item_draws=False).digest() == cfg.digest() != variant(cfg, per_item_draws=True).digest()
     again = train_model(cfg, items, tmp_path)
     assert again.reused and again.version == tm.version
     # a changed config is a new version

@@ -81,11 +81,19 @@ ARCHITECTURE_VERSION = 5
 EMBED_DRAWS = 8
 
 
-def model_version(cfg: ModelConfig, dhash: str, parent: str | None = None) -> str:
-    """Deterministic version from config, data and parent version: the same inputs give the same version."""
-    key = json.dumps(
-        {"cfg": cfg.digest(), "data": dhash, "parent": parent, "arch": ARCHITECTURE_VERSION}, sort_keys=True
-    )
+def train_precision() -> str:
+    """Lightning precision of a training here: mixed fp16 on CUDA, fp32 otherwise."""
+    return "16-mixed" if torch.cuda.is_available() else "32-true"
+
+
+def model_version(cfg: ModelConfig, dhash: str, parent: str | None = None, precision: str = "32-true") -> str:
+    """Deterministic version from config, data, parent version and training precision: the same inputs give the
+    same version, and weights trained in mixed precision on a GPU never share a version with fp32 ones (fp32, the
+    CPU default, leaves the key as it always was)."""
+    parts = {"cfg": cfg.digest(), "data": dhash, "parent": parent, "arch": ARCHITECTURE_VERSION}
+    if precision != "32-true":
+        parts["precision"] = precision
+    key = json.dumps(parts, sort_keys=True)
     return f"{cfg.name}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
 
@@ -167,7 +175,7 @@ def train_model(
     if len(items) < 4:
         raise ValueError(f"model {cfg.name}: need at least 4 cells to train, got {len(items)}")
     dhash = data_hash(items)
-    version = model_version(cfg, dhash, parent.version if parent else None)
+    version = model_version(cfg, dhash, parent.version if parent else None, train_precision())
     out = Path(models_root) / cfg.name / version
     if (out / "model.pt").exists() and not force:
         meta = json.loads((out / "lineage.json").read_text())
@@ -215,7 +223,6 @@ def train_model(
     cbs = [ckpt, *([EarlyStopping(monitor="val_loss", patience=cfg.patience)] if val else []),
            epoch_progress(f"training {cfg.name} on {len(train)} cells", cfg.max_epochs), *(callbacks or []),
            *([_EpochDraws()] if per_item else []), _FaultPoint()]
-    cuda = torch.cuda.is_available()
     with _quiet_lightning():
         ddp = {"strategy": "ddp_find_unused_parameters_true", "devices": int(os.environ.get("LOCAL_WORLD_SIZE", world)),
                "num_nodes": max(1, world // int(os.environ.get("LOCAL_WORLD_SIZE", world))),
@@ -225,7 +232,7 @@ def train_model(
             max_epochs=cfg.max_epochs,
             accelerator=device_accelerator(),
             **ddp,
-            precision="16-mixed" if cuda else "32-true",
+            precision=train_precision(),
             callbacks=cbs,
             logger=CSVLogger(out, name="logs", version=""),
             enable_progress_bar=False,
