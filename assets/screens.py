@@ -84,37 +84,51 @@ def hit_explanations(context: dg.AssetExecutionContext, config: HitExplanationCo
     skipped = {}
     n_done = 0
     for scope, sid in scopes:
-        t0 = time.perf_counter()
-        try:
-            data = ex.load_scope(wh, fs, **({"screen_id": sid} if scope == "screen" else {"plate_id": sid}))
-            expls = ex.explain_scope(data, n_pcs=config.n_pcs, n_splits=config.n_splits)
-        except (LookupError, ValueError) as err:  # not embedded or profiled yet, too few cells: say so, go on
-            skipped[f"{scope} {sid}"] = str(err)
-            context.log.info(f"{scope} {sid}: not explained: {err}")
-            continue
-        hits = ex.base_hits(wh, scope, sid)
-        out_dir = paths.explain_reports_dir(scope, sid)
-        decoder = ex.ScopeDecoder(wh, data)
+        plates = pipeline.screens(wh).get(sid, []) if scope == "screen" else [sid]
+        found = ex.scope_structures(wh, plates)
         rows = []
-        for i, e in enumerate(expls):
-            path = ex.write_report(wh, e, out_dir, decoder)
-            rows.append({**e.summary(), "is_hit": (e.drug, e.concentration) in hits, "report_path": str(path)})
-            context.log.info(f"{scope} {sid}: explained {e.drug} @ {e.concentration} ({i + 1}/{len(expls)}), "
-                             f"effect size {e.effect_size:.2f}")
-        df = pd.DataFrame(rows)
-        wh.replace("hit_explanations", df, {"scope": scope, "scope_id": sid})
-        n_done += len(df)
-        context.log.info(f"{scope} {sid}: {len(df)} treatments explained in {time.perf_counter() - t0:.1f} s")
-        md[f"{sid}_table"] = dg.MetadataValue.md(
-            df.drop(columns=["scope", "scope_id", "model_version", "report_path"]).round(3).to_markdown(index=False))
-        shown = df[df.is_hit].sort_values("effect_size", ascending=False).head(config.inline_hits)
-        for r in shown.itertuples():
-            stem = Path(r.report_path).stem
-            walk = out_dir / f"{stem}_walk.png"
-            md[f"{sid}_{stem}_walk"] = dg.MetadataValue.md(
-                f"{walk_caption(r.drug, r.concentration, r.separation, r.effect_size)}\n\n"
-                f"![{stem} walk]({png_data_uri(walk)})")
-            md[f"{sid}_{stem}_report"] = dg.MetadataValue.path(str(r.report_path))
+        # a plate or screen of several structures: one explanation per structure, each in its base model's space
+        for structure in (found if len(found) > 1 else [None]):
+            label = f"{scope} {sid}" + (f" ({structure})" if structure else "")
+            t0 = time.perf_counter()
+            try:
+                data = ex.load_scope(wh, fs, structure=structure,
+                                     **({"screen_id": sid} if scope == "screen" else {"plate_id": sid}))
+                expls = ex.explain_scope(data, n_pcs=config.n_pcs, n_splits=config.n_splits)
+            except (LookupError, ValueError) as err:  # not embedded or profiled yet, too few cells: say so, go on
+                skipped[label] = str(err)
+                context.log.info(f"{label}: not explained: {err}")
+                continue
+            hits = ex.base_hits(wh, scope, sid, data.structure)
+            out_dir = paths.explain_reports_dir(scope, sid) / (structure or "")
+            decoder = ex.ScopeDecoder(wh, data)
+            part = []
+            for i, e in enumerate(expls):
+                path = ex.write_report(wh, e, out_dir, decoder)
+                part.append({**e.summary(), "is_hit": (e.drug, e.concentration) in hits, "report_path": str(path)})
+                context.log.info(f"{label}: explained {e.drug} @ {e.concentration} ({i + 1}/{len(expls)}), "
+                                 f"effect size {e.effect_size:.2f}")
+            context.log.info(f"{label}: {len(part)} treatments explained in {time.perf_counter() - t0:.1f} s")
+            if not part:
+                continue
+            df = pd.DataFrame(part)
+            rows.append(df)
+            key = f"{sid}_{structure}" if structure else sid
+            md[f"{key}_table"] = dg.MetadataValue.md(
+                df.drop(columns=["scope", "scope_id", "model_version", "report_path", "structure_name"]).round(3)
+                .to_markdown(index=False))
+            shown = df[df.is_hit].sort_values("effect_size", ascending=False).head(config.inline_hits)
+            for r in shown.itertuples():
+                stem = Path(r.report_path).stem
+                walk = out_dir / f"{stem}_walk.png"
+                md[f"{key}_{stem}_walk"] = dg.MetadataValue.md(
+                    f"{walk_caption(r.drug, r.concentration, r.separation, r.effect_size)}\n\n"
+                    f"![{stem} walk]({png_data_uri(walk)})")
+                md[f"{key}_{stem}_report"] = dg.MetadataValue.path(str(r.report_path))
+        if rows:
+            df = pd.concat(rows, ignore_index=True)
+            wh.replace("hit_explanations", df, {"scope": scope, "scope_id": sid})
+            n_done += len(df)
     return dg.MaterializeResult(metadata={"treatments_explained": n_done, "skipped": dg.MetadataValue.json(skipped),
                                           **md})
 

@@ -241,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--concentration", type=float, help="µM; default: the highest concentration at which the base "
                                                          "model calls the drug a hit, else its highest")
     ex.add_argument("--out", type=Path, help="folder of the report; default: $CELLREP_HOME/reports/explain/...")
+    ex.add_argument("--structure", help="on a plate or screen of several structures: which one (structure_name)")
     return p
 
 
@@ -248,23 +249,23 @@ def default_concentration(wh, data, drug: str) -> float | None:
     """The highest concentration of a drug that is a base-model hit in the scope, else its highest one."""
     from cellrep_core.analysis.explain import base_hits
 
-    hit = [c for d, c in base_hits(wh, data.scope, data.scope_id) if d == drug and c is not None]
+    hit = [c for d, c in base_hits(wh, data.scope, data.scope_id, data.structure) if d == drug and c is not None]
     conc = pd.to_numeric(data.meta.concentration[data.meta.drug.astype(str) == drug], errors="coerce").dropna()
     return max(hit) if hit else (float(conc.max()) if len(conc) else None)
 
 
 def explain_command(screen: str | None, plate: str | None, drug: str, concentration: float | None,
-                    out: Path | None) -> tuple[Path, dict]:
+                    out: Path | None, structure: str | None = None) -> tuple[Path, dict]:
     """``cellrep explain``: the report of one drug (at one concentration) of a screen or plate."""
     from cellrep_core.analysis.explain import ScopeDecoder, explain_treatment, load_scope, write_report
     from cellrep_core.store.warehouse import Warehouse
 
     wh = Warehouse()
-    data = load_scope(wh, FeatureStore(), plate_id=plate, screen_id=screen)
+    data = load_scope(wh, FeatureStore(), plate_id=plate, screen_id=screen, structure=structure)
     if concentration is None:
         concentration = default_concentration(wh, data, drug)
     expl = explain_treatment(data, drug, concentration)
-    path = write_report(wh, expl, out or paths.explain_reports_dir(data.scope, data.scope_id),
+    path = write_report(wh, expl, out or paths.explain_reports_dir(data.scope, data.scope_id) / data.structure,
                         ScopeDecoder(wh, data))
     return path, expl.summary()
 
@@ -331,7 +332,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"wrote plate {f.name} of screen {args.screen_id} to {f}")
         return 0
     if args.command == "explain":
-        path, summary = explain_command(args.screen, args.plate, args.drug, args.concentration, args.out)
+        path, summary = explain_command(args.screen, args.plate, args.drug, args.concentration, args.out,
+                                        args.structure)
         for k, v in summary.items():
             print(f"{k}: {v}")
         print(f"report: {path}")

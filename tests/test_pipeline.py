@@ -368,6 +368,15 @@ def test_mixed_plate_routes_each_structure_to_its_base_model(demo_home):
     truth = wh.query("select structure_name, drug, planted_effect from drug_truth where plate_id = ? order by 1, 2",
                      [pid])
     assert len(truth) == 4 and set(truth.planted_effect) == {"shrink", "peripheral", "none"}
+    # explained one structure at a time, each in its own base model's space
+    from cellrep_core.analysis.explain import explain_treatment, load_scope
+
+    with pytest.raises(LookupError, match="several structures"):
+        load_scope(wh, fs, plate_id=pid)
+    data = load_scope(wh, fs, plate_id=pid, structure="synthetic_foci")
+    assert (data.structure, len(data.meta), data.model_version) == ("synthetic_foci", 18, bases["synthetic_punctate"])
+    expl = explain_treatment(data, "p", None)
+    assert (expl.summary()["structure_name"], expl.n_treated, expl.n_control) == ("synthetic_foci", 5, 8)
     before = (len(q), len(meta))
     _materialize(inst, dg.AssetSelection.groups("plates"), partition_key=pid, run_config=cfg)
     meta = pd.concat([fs.load({"plate_id": pid}, table=t)[0] for t in fs.table_names()])

@@ -51,6 +51,7 @@ class ScopeData:
     model_version: str
     meta: pd.DataFrame  # cell_id, plate_id, drug, concentration, well, source_path, channels, descriptors
     features: np.ndarray  # [n, d] robust z-scored whitened codes
+    structure: str = ""  # the structure group of a plate or screen of several ("" when it has one)
     # the scope's PCA and DMSO-split baselines are the same for every treatment of the scope: computed once
     _pcs: dict = field(default_factory=dict, repr=False)
     _baselines: dict = field(default_factory=dict, repr=False)
@@ -84,6 +85,7 @@ class Explanation:
     positions: pd.DataFrame  # cell_id, group ('treated'/'DMSO'), position, descriptors
     walk: pd.DataFrame  # step, position, treated_cell_id, dmso_cell_id (+ their positions)
     trends: dict[str, float] = field(default_factory=dict)  # Spearman rho of axis position vs descriptor
+    structure: str = ""  # the structure group explained (a plate or screen of several structures)
 
     @property
     def baseline_mean(self) -> float:
@@ -111,15 +113,25 @@ class Explanation:
             "baseline_p95": round(self.baseline_p95, 4), "effect_size": round(self.effect_size, 4),
             "empirical_p": round(self.empirical_p, 4), "exceeds_baseline_p95": self.separation > self.baseline_p95,
             "top_descriptor": top[0], "top_descriptor_rho": round(float(top[1]), 4),
+            "structure_name": self.structure,
         }
 
 
+def scope_structures(wh, plates: list[str]) -> list[str]:
+    """The structure groups with fine-tuned models on any of ``plates`` (``""``: models from before groups)."""
+    from cellrep_core import pipeline
+
+    return sorted({s for pid in plates for s in pipeline.plate_structures(wh, pid)} - {""})
+
+
 def load_scope(wh, fs, plate_id: str | None = None, screen_id: str | None = None,
-               feature_set: str = "embedding") -> ScopeData:
+               feature_set: str = "embedding", structure: str | None = None) -> ScopeData:
     """A plate's or a screen's cells in the base model's profiling space (see the module docstring), or with
-    ``feature_set="handcrafted"`` their hand-crafted features, normalised the same way."""
+    ``feature_set="handcrafted"`` their hand-crafted features, normalised the same way. A plate or screen of
+    several structures is explained one structure at a time (``structure``; each has its own base model)."""
     from cellrep_core import pipeline
     from cellrep_core.profiling.mapping import position_classes, robust_normalize_blocks
+    from cellrep_core.structures import plate_groups
 
     if (plate_id is None) == (screen_id is None):
         raise ValueError("give a plate or a screen (one of them)")
@@ -133,15 +145,25 @@ def load_scope(wh, fs, plate_id: str | None = None, screen_id: str | None = None
         if plate_id not in known:
             raise LookupError(f"no plate {plate_id!r} in the warehouse; plates: {sorted(known) or 'none yet'}")
         plates = [plate_id]
+    found = scope_structures(wh, plates)
+    if structure is None and len(found) > 1:
+        raise LookupError(f"{'screen ' + screen_id if screen_id else 'plate ' + str(plate_id)} has several "
+                          f"structures {found}; explain one at a time (structure=..., --structure)")
+    if structure is not None and structure not in found:
+        raise LookupError(f"no structure {structure!r} with a fine-tuned model in {plates}; structures: {found}")
+    structure = structure if structure is not None else (found[0] if found else "")
     metas, feats, versions = [], [], set()
     for pid in plates:
+        groups = plate_groups(wh, pid)
         try:
-            base, _ = pipeline.plate_models(wh, pid)
+            base, _ = pipeline.plate_models(wh, pid, structure or None)
         except LookupError as err:
             raise LookupError(f"plate {pid} has no base model embedding yet ({err}); "
                               "materialize its plate assets") from err
         versions.add(base.version)
-        sets = pipeline.plate_feature_sets(wh, fs, pid, [base.version] if feature_set == "embedding" else [])
+        ids = groups[structure]["cell_ids"] if structure in groups else None
+        sets = pipeline.plate_feature_sets(wh, fs, pid, [base.version] if feature_set == "embedding" else [],
+                                           cell_ids=ids)
         _, _, meta, x = next(st for st in sets if st[0] == feature_set)
         meta = meta.reset_index(drop=True)
         blocks = meta["plate_id"].astype(str).to_numpy() + "|" + position_classes(meta, control=CONTROL)
@@ -153,7 +175,7 @@ def load_scope(wh, fs, plate_id: str | None = None, screen_id: str | None = None
     meta = pd.concat(metas, ignore_index=True)
     meta = meta.merge(_descriptors(wh, plates), on="cell_id", how="left")
     return ScopeData("screen" if screen_id else "plate", screen_id or plate_id, versions.pop(), meta,
-                     np.concatenate(feats))
+                     np.concatenate(feats), structure=structure if len(found) > 1 else "")
 
 
 def _descriptors(wh, plates: list[str]) -> pd.DataFrame:
@@ -243,7 +265,7 @@ def explain_treatment(data: ScopeData, drug: str, concentration: float | None = 
     hi = max(float(np.percentile(pos[is_drug], 95)), lo + 1e-6)
     walk = _walk(positions, np.linspace(lo, hi, n_steps))
     return Explanation(data.scope, data.scope_id, drug, concentration, data.model_version, n_t, n_c, k,
-                       explained, separation, base, positions, walk, trends)
+                       explained, separation, base, positions, walk, trends, structure=data.structure)
 
 
 def _walk(positions: pd.DataFrame, steps: np.ndarray) -> pd.DataFrame:
@@ -424,14 +446,15 @@ def axis_plot(expl: Explanation, out: Path | None = None) -> bytes:
 
 def qvalue_rows(wh, expl: Explanation) -> pd.DataFrame:
     """The treatment's q-values of the scope (screen_qvalues for a screen, drug_qvalues for a plate)."""
+    only, st = "AND (? = '' OR coalesce(structure_name, '') = ?)", [expl.structure, expl.structure]
     if expl.scope == "screen":
         df = wh.query("SELECT drug, concentration, model_role, feature_set, method, n_cells, mean_average_precision, "
-                      "p_value, q_value, is_hit FROM screen_qvalues WHERE screen_id = ? AND drug = ? "
-                      "ORDER BY concentration, model_role", [expl.scope_id, expl.drug])
+                      f"p_value, q_value, is_hit FROM screen_qvalues WHERE screen_id = ? AND drug = ? {only} "
+                      "ORDER BY concentration, model_role", [expl.scope_id, expl.drug, *st])
     else:
         df = wh.query("SELECT drug, concentration, model_version, feature_set, n_cells, mean_average_precision, "
-                      "p_value, q_value, is_hit FROM drug_qvalues WHERE plate_id = ? AND drug = ? "
-                      "ORDER BY concentration, feature_set", [expl.scope_id, expl.drug])
+                      f"p_value, q_value, is_hit FROM drug_qvalues WHERE plate_id = ? AND drug = ? {only} "
+                      "ORDER BY concentration, feature_set", [expl.scope_id, expl.drug, *st])
     return df
 
 
@@ -482,14 +505,17 @@ the step on the axis).</p>
     return path
 
 
-def base_hits(wh, scope: str, scope_id: str) -> set[tuple[str, float | None]]:
-    """(drug, concentration) called by the base model's codes in a screen or plate."""
+def base_hits(wh, scope: str, scope_id: str, structure: str = "") -> set[tuple[str, float | None]]:
+    """(drug, concentration) called by the base model's codes in a screen or plate (of one structure group when
+    ``structure`` is given)."""
+    only = "AND (? = '' OR coalesce(q.structure_name, '') = ?)"
     if scope == "screen":
-        df = wh.query("SELECT drug, concentration FROM screen_qvalues WHERE screen_id = ? AND model_role = 'base' "
-                      "AND is_hit", [scope_id])
+        df = wh.query("SELECT drug, concentration FROM screen_qvalues q WHERE screen_id = ? AND model_role = 'base' "
+                      f"AND is_hit {only}", [scope_id, structure, structure])
     else:
         df = wh.query("SELECT q.drug, q.concentration FROM drug_qvalues q JOIN models m USING (model_version) "
-                      "WHERE q.plate_id = ? AND q.is_hit AND coalesce(m.plate_id, '') = ''", [scope_id])
+                      f"WHERE q.plate_id = ? AND q.is_hit AND coalesce(m.plate_id, '') = '' {only}",
+                      [scope_id, structure, structure])
     return {(str(d), None if pd.isna(c) else float(c)) for d, c in df.itertuples(index=False)}
 
 

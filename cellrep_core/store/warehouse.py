@@ -96,7 +96,7 @@ SCHEMA: dict[str, str] = {
         n_treated INTEGER, n_control INTEGER, n_pcs INTEGER, separation DOUBLE, baseline_mean DOUBLE,
         baseline_p95 DOUBLE, effect_size DOUBLE, empirical_p DOUBLE, exceeds_baseline_p95 BOOLEAN,
         top_descriptor VARCHAR, top_descriptor_rho DOUBLE, is_hit BOOLEAN, report_path VARCHAR,
-        computed_at TIMESTAMP DEFAULT current_timestamp""",
+        computed_at TIMESTAMP DEFAULT current_timestamp, structure_name VARCHAR""",
 }
 # Columns added after a table was first created: existing warehouses get them on the next write.
 MIGRATIONS: dict[str, list[str]] = {
@@ -106,6 +106,7 @@ MIGRATIONS: dict[str, list[str]] = {
     "drug_qvalues": ["concentration DOUBLE", "structure_name VARCHAR"],
     "models": ["structure_name VARCHAR"],
     "datasets": ["per_cell_scale BOOLEAN"],
+    "hit_explanations": ["structure_name VARCHAR"],
     "screen_qvalues": ["structure_name VARCHAR"],
 }
 
