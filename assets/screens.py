@@ -19,6 +19,7 @@ class ScreenProfileConfig(dg.Config):
 
     null_size: int = SCREEN_NULL_SIZE
     seed: int = 0
+    force: bool = False  # recompute screens whose q-values are newer than all of their plates' already
 
 
 @dg.asset(group_name="screens", deps=[plate_qvalues], kinds={"duckdb"}, automation_condition=sql_automation(),
@@ -29,8 +30,11 @@ def screen_qvalues(context: dg.AssetExecutionContext, config: ScreenProfileConfi
                    feature_store: FeatureStoreResource) -> dg.MaterializeResult:
     wh, fs = warehouse.get(), feature_store.get()
     md: dict = {}
-    done, waiting = [], {}
+    done, waiting, unchanged = [], {}, []
     for sid, plates in pipeline.screens(wh).items():
+        if not config.force and pipeline.up_to_date(wh, "screen_qvalues", "screen", sid):
+            unchanged.append(sid)  # no plate of it was profiled again since
+            continue
         t0 = time.perf_counter()
         try:
             df = pipeline.profile_screen(wh, fs, sid, null_size=config.null_size, seed=config.seed)
@@ -49,6 +53,7 @@ def screen_qvalues(context: dg.AssetExecutionContext, config: ScreenProfileConfi
             md[f"{sid}_{key}_png"] = dg.MetadataValue.path(str(rep[key]))
             md[f"{sid}_{key}_plot"] = dg.MetadataValue.md(_png_md(rep[key], f"{sid} {key}"))
     return dg.MaterializeResult(metadata={"screens": dg.MetadataValue.json(done),
+                                          "unchanged": dg.MetadataValue.json(unchanged),
                                           "waiting": dg.MetadataValue.json(waiting), **md})
 
 
@@ -58,6 +63,27 @@ class HitExplanationConfig(dg.Config):
     n_pcs: int = 20
     n_splits: int = 200
     inline_hits: int = 4
+    force: bool = False  # explain scopes whose explanations are newer than their q-values again
+
+
+def inline_metadata(df: pd.DataFrame, key: str, inline_hits: int) -> dict:
+    """The table of a scope's explanations and the walk strips of its strongest hits, as asset metadata."""
+    from cellrep_core.analysis.render import png_data_uri
+
+    cols = [c for c in ("scope", "scope_id", "model_version", "report_path", "structure_name", "computed_at")
+            if c in df.columns]
+    md = {f"{key}_table": dg.MetadataValue.md(df.drop(columns=cols).round(3).to_markdown(index=False))}
+    shown = df[df.is_hit.fillna(False).astype(bool)].sort_values("effect_size", ascending=False).head(inline_hits)
+    for r in shown.itertuples():
+        report = Path(r.report_path)
+        walk = report.parent / f"{report.stem}_walk.png"
+        if not walk.exists():
+            continue
+        md[f"{key}_{report.stem}_walk"] = dg.MetadataValue.md(
+            f"{walk_caption(r.drug, r.concentration, r.separation, r.effect_size)}\n\n"
+            f"![{report.stem} walk]({png_data_uri(walk)})")
+        md[f"{key}_{report.stem}_report"] = dg.MetadataValue.path(str(report))
+    return md
 
 
 def walk_caption(drug: str, concentration: float | None, separation: float, effect_size: float) -> str:
@@ -74,7 +100,6 @@ def walk_caption(drug: str, concentration: float | None, separation: float, effe
 def hit_explanations(context: dg.AssetExecutionContext, config: HitExplanationConfig, warehouse: WarehouseResource,
                      feature_store: FeatureStoreResource) -> dg.MaterializeResult:
     from cellrep_core.analysis import explain as ex
-    from cellrep_core.analysis.render import png_data_uri
 
     wh, fs = warehouse.get(), feature_store.get()
     scopes = [("screen", sid) for sid in pipeline.screens(wh)]
@@ -83,7 +108,14 @@ def hit_explanations(context: dg.AssetExecutionContext, config: HitExplanationCo
     md: dict = {}
     skipped = {}
     n_done = 0
+    unchanged = []
     for scope, sid in scopes:
+        if not config.force and pipeline.up_to_date(wh, "hit_explanations", scope, sid):
+            unchanged.append(f"{scope} {sid}")  # its q-values did not change since it was explained: its stored
+            stored = wh.query("SELECT * FROM hit_explanations WHERE scope = ? AND scope_id = ?", [scope, sid])
+            for structure, part in stored.groupby(stored.structure_name.fillna(""), sort=True):  # rows shown again
+                md |= inline_metadata(part, f"{sid}_{structure}" if structure else sid, config.inline_hits)
+            continue
         plates = pipeline.screens(wh).get(sid, []) if scope == "screen" else [sid]
         found = ex.scope_structures(wh, plates)
         rows = []
@@ -113,23 +145,13 @@ def hit_explanations(context: dg.AssetExecutionContext, config: HitExplanationCo
                 continue
             df = pd.DataFrame(part)
             rows.append(df)
-            key = f"{sid}_{structure}" if structure else sid
-            md[f"{key}_table"] = dg.MetadataValue.md(
-                df.drop(columns=["scope", "scope_id", "model_version", "report_path", "structure_name"]).round(3)
-                .to_markdown(index=False))
-            shown = df[df.is_hit].sort_values("effect_size", ascending=False).head(config.inline_hits)
-            for r in shown.itertuples():
-                stem = Path(r.report_path).stem
-                walk = out_dir / f"{stem}_walk.png"
-                md[f"{key}_{stem}_walk"] = dg.MetadataValue.md(
-                    f"{walk_caption(r.drug, r.concentration, r.separation, r.effect_size)}\n\n"
-                    f"![{stem} walk]({png_data_uri(walk)})")
-                md[f"{key}_{stem}_report"] = dg.MetadataValue.path(str(r.report_path))
+            md |= inline_metadata(df, f"{sid}_{structure}" if structure else sid, config.inline_hits)
         if rows:
             df = pd.concat(rows, ignore_index=True)
             wh.replace("hit_explanations", df, {"scope": scope, "scope_id": sid})
             n_done += len(df)
     return dg.MaterializeResult(metadata={"treatments_explained": n_done, "skipped": dg.MetadataValue.json(skipped),
+                                          "unchanged": dg.MetadataValue.json(unchanged),
                                           **md})
 
 

@@ -640,6 +640,29 @@ def _profile_screen_structure(wh: Warehouse, fs: FeatureStore, structure: str, p
     return pd.concat(frames, ignore_index=True).assign(structure_name=structure) if frames else pd.DataFrame()
 
 
+def up_to_date(wh: Warehouse, output: str, scope: str, scope_id: str) -> bool:
+    """Whether ``output`` (``screen_qvalues`` or ``hit_explanations``) of a screen or lone plate is newer than
+    everything it was computed from (the q-values of the scope's plates; for a screen's explanations, its screen
+    q-values), so a cross-plate run can leave it as it is instead of recomputing every scope every time."""
+    if scope == "screen":
+        plates = screens(wh).get(scope_id, [])
+        if not plates:
+            return False
+        if output == "hit_explanations":
+            src = wh.query("SELECT max(computed_at) t FROM screen_qvalues WHERE screen_id = ?", [scope_id]).t.iloc[0]
+        else:
+            src = wh.query(f"SELECT max(computed_at) t FROM drug_qvalues WHERE plate_id IN "
+                           f"({', '.join('?' * len(plates))})", plates).t.iloc[0]
+    else:
+        src = wh.query("SELECT max(computed_at) t FROM drug_qvalues WHERE plate_id = ?", [scope_id]).t.iloc[0]
+    if output == "screen_qvalues":
+        out = wh.query("SELECT max(computed_at) t FROM screen_qvalues WHERE screen_id = ?", [scope_id]).t.iloc[0]
+    else:
+        out = wh.query("SELECT max(computed_at) t FROM hit_explanations WHERE scope = ? AND scope_id = ?",
+                       [scope, scope_id]).t.iloc[0]
+    return not (pd.isna(src) or pd.isna(out)) and out >= src
+
+
 def screen_reports(wh: Warehouse, screen_id: str) -> dict[str, Path]:
     """The screen's plots under ``reports/screens/<screen_id>/``: 1/q per drug and feature set
     (``inverse_q.png``), mAP against dose (``dose_response.png``), and the table as ``screen_qvalues.csv``."""

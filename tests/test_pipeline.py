@@ -241,6 +241,18 @@ def test_hit_explanations_reports_and_cli(demo_home):
     assert (home / "reports" / "explain" / "screens" / "tiny" / "b_3uM.html").exists()
     assert core_main(["explain", "--screen", "tiny", "--drug", "nope"]) == 2
     assert core_main(["explain", "--plate", "nope", "--drug", "b"]) == 2
+    # materialized again with no new q-values: nothing is explained again, the strips are still shown
+    import dagster as dg
+
+    from orchestration.demo import _materialize, instance
+
+    before = wh.query("select max(computed_at) t, count(*) n from hit_explanations").iloc[0]
+    res = _materialize(instance(), dg.AssetSelection.assets("hit_explanations"))
+    md = res.asset_materializations_for_node("hit_explanations")[0].metadata
+    assert "screen tiny" in md["unchanged"].value and md["treatments_explained"].value == 0
+    assert any(k.startswith("tiny_") and k.endswith("_walk") for k in md) == bool(t.is_hit.any())
+    after = wh.query("select max(computed_at) t, count(*) n from hit_explanations").iloc[0]
+    assert (after.t, after.n) == (before.t, before.n)
 
 
 def test_reference_interpretation_tables_and_pictures(demo_home):
