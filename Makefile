@@ -8,7 +8,7 @@ CELLREP_HOME ?= $(CURDIR)/.cellrep
 export CELLREP_HOME
 
 .PHONY: install demo test ui lint clean bench-sdf bench-search bench-image bench-train bench-plates bench-screen \
-	bench-mixed bench-pyg bench-faults
+	bench-mixed bench-pyg bench-faults bench-ticks
 
 $(STAMP): pyproject.toml
 	@command -v gfortran >/dev/null 2>&1 || { \
@@ -70,6 +70,10 @@ bench-pyg: $(STAMP)
 # kill -9 at every write stage, then run again: identical to a run never killed?
 bench-faults: $(STAMP)
 	$(PY) benchmarks/bench_faults.py
+
+# automation tick and landing sensor time with 10, 1,000 and 10,000 plate partitions
+bench-ticks: $(STAMP)
+	$(PY) benchmarks/bench_ticks.py
 
 # held-out calibration and power: screens from the evaluation seed range (>= 900,000) on a storage root of their own
 bench-screen: $(STAMP)
