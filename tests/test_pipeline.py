@@ -87,7 +87,7 @@ def test_benchmark_every_metric_for_every_model_nulls_with_reasons(demo_home):
     per_model = b.groupby(["dataset", "model"]).metric.apply(set)
     assert {"punctate_tiny", "sdf_tiny"} <= set(b.model)
     assert len({frozenset(s) for s in per_model}) <= 2  # same metric set for every model of a data set
-    assert all(len(s) == 24 for s in per_model)
+    assert all(len(s) == 25 for s in per_model)
     assert {"sdf_segso3cnn_tiny", "sdf_segcnn_tiny"} <= set(b.model)  # the segmentation image models too
     for m in b.metric.unique():
         higher_is_better(m)  # every stored metric has a direction for the plots
