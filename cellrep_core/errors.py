@@ -27,3 +27,8 @@ class CellInputError(ValueError):
         self.detail = detail
         self.stage = stage
         super().__init__(f"cell {self.cell_id} ({self.path or 'no file'}): {reason}: {detail}")
+
+
+class CorruptFileError(RuntimeError):
+    """A stored file (point-cloud Parquet, checkpoint) cannot be read: torn by a crash or damaged on disk. The
+    message names the file and the asset whose materialization rewrites it."""

@@ -29,3 +29,34 @@ def test_killed_stage_leaves_nothing_partial_and_a_rerun_is_identical(reference,
     if stage.startswith("embeddings"):
         assert seen["lance_rows"] in (None, 0, 10)  # all of the commit or none of it
     assert res["identical"], res["differs"]
+
+
+def test_torn_cloud_file_and_checkpoint_are_named_and_repaired_by_materializing_again(home, tmp_path):
+    """A truncated point-cloud Parquet and a truncated model.pt: the error names the file and the fix; running the
+    stage again rewrites the cloud file, and training the same version again replaces the checkpoint."""
+    from cellrep_core import pipeline
+    from cellrep_core.errors import CorruptFileError
+    from cellrep_core.models.config import get_config
+    from cellrep_core.models.train import load_model
+    from cellrep_core.pointclouds.build import SamplingConfig, read_pointclouds
+    from cellrep_core.store.warehouse import Warehouse
+
+    manifest = faultcheck.make_manifest(tmp_path / "data", n=8)
+    wh = Warehouse()
+    pipeline.ingest(manifest, wh, "torn")
+    cfg = SamplingConfig(n_surface=256, grid=16)
+    pipeline.pointclouds(wh, "torn", "all", cfg=cfg, n_workers=1)
+    path = pipeline.paths.pointcloud_path("torn", "all")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CorruptFileError, match="all.parquet: unreadable point-cloud file.*materialize the point"):
+        read_pointclouds(path)
+    pipeline.pointclouds(wh, "torn", "all", cfg=cfg, n_workers=1)
+    assert len(read_pointclouds(path)) == 8
+    tm = pipeline.train(wh, "torn", "all", get_config("sdf_tiny", max_epochs=1))
+    ckpt = tm.path / "model.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    with pytest.raises(CorruptFileError, match="model.pt: unreadable checkpoint.*materialize the model asset"):
+        load_model(tm.path)
+    again = pipeline.train(wh, "torn", "all", get_config("sdf_tiny", max_epochs=1))
+    assert again.version == tm.version and not again.reused
+    assert load_model(again.path) is not None

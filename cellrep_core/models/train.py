@@ -178,6 +178,14 @@ def train_model(
     version = model_version(cfg, dhash, parent.version if parent else None, train_precision())
     out = Path(models_root) / cfg.name / version
     if (out / "model.pt").exists() and not force:
+        from cellrep_core.errors import CorruptFileError
+
+        try:
+            load_model(out)
+        except CorruptFileError as err:  # torn or damaged: train this version again instead of reusing it
+            log.warning("%s", err)
+            (out / "model.pt").unlink()
+    if (out / "model.pt").exists() and not force:
         meta = json.loads((out / "lineage.json").read_text())
         if not (out / WHITENING_FILE).exists():
             fit_whitening(load_model(out), items, out)
@@ -370,11 +378,21 @@ def load_whitening(path: Path) -> Whitening:
 
 
 def load_model(path: Path) -> PointCloudAutoencoder:
-    """Rebuild a model from ``config.json`` and ``model.pt`` in a version folder."""
+    """Rebuild a model from ``config.json`` and ``model.pt`` in a version folder; an unreadable checkpoint raises
+    ``CorruptFileError`` naming it (training that version again replaces it: ``train_model``)."""
+    from cellrep_core.errors import CorruptFileError
+
     path = Path(path)
     cfg = ModelConfig.model_validate_json((path / "config.json").read_text())
     model = build_model(cfg)
-    model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
+    try:
+        state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001 - torn zip, unpickling error, wrong tensors: all one answer
+        raise CorruptFileError(f"{path / 'model.pt'}: unreadable checkpoint ({type(err).__name__}: {err}); "
+                               "materialize the model asset again: this version is trained again") from err
     return model.eval()
 
 

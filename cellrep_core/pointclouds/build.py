@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from scipy import ndimage
 
 from cellrep_core import faults
-from cellrep_core.errors import CellInputError
+from cellrep_core.errors import CellInputError, CorruptFileError
 from cellrep_core.ingest import QUARANTINE_COLUMNS, quarantine_row, validate_cell
 from cellrep_core.models.data import CloudItem
 from cellrep_core.pointclouds.punctate import MAX_EXPONENT, SMOOTH_SIGMA, intensity_sample
@@ -228,8 +228,18 @@ def write_pointclouds(results: list[dict], out_path: Path) -> None:
 
 
 def read_pointclouds(path: Path, cell_ids: list[str] | None = None) -> list[CloudItem]:
-    """Read stored clouds (optionally only some cells), ordered by cell_id."""
-    table = pq.read_table(path)
+    """Read stored clouds (optionally only some cells), ordered by cell_id; an unreadable file raises
+    ``CorruptFileError`` naming it (materializing the partition's point clouds again rewrites it whole)."""
+    try:
+        table = pq.read_table(path)
+        if not {"cell_id", "kind", "dims", "points", "sdf"} <= set(table.column_names):
+            raise ValueError(f"columns {table.column_names} are not a point-cloud file's")
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowException, OSError, ValueError) as err:
+        raise CorruptFileError(
+            f"{path}: unreadable point-cloud file ({type(err).__name__}: {err}); materialize the point clouds of "
+            "this data set or plate again (the file is rewritten whole)") from err
     if cell_ids is not None:
         keep = set(cell_ids)
         table = table.filter(pa.array([c in keep for c in table["cell_id"].to_pylist()]))
