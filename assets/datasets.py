@@ -14,6 +14,7 @@ import dagster as dg
 from cellrep_core import datasets, pipeline
 from cellrep_core.models.config import variant
 from cellrep_core.pointclouds.build import SamplingConfig
+from cellrep_core.structures import KIND_OF_SHAPE
 from orchestration.partitions import datasets_partitions
 from orchestration.resources import FeatureStoreResource, WarehouseResource
 
@@ -116,8 +117,7 @@ def dataset_train_config(wh, spec: datasets.DatasetSpec, max_epochs: int = 0):
         except LookupError:
             raise dg.Failure(f"data set {spec.name}: warm start {spec.warm_start!r} is neither a data set with a "
                              "trained model nor a registered model version") from None
-    kind = "punctate" if spec.shape_type == "punctate" else "sdf"
-    if parent.config.kind != kind:
+    if parent.config.kind != KIND_OF_SHAPE[spec.shape_type]:
         raise dg.Failure(f"data set {spec.name} ({spec.shape_type}) cannot warm-start from {parent.version}, a "
                          f"{parent.config.kind} model")
     return variant(parent.config, name=f"{parent.config.name}_{spec.name}", **overrides), parent
@@ -171,7 +171,7 @@ def dataset_embeddings(context: dg.AssetExecutionContext, config: DatasetEmbedCo
     wh = warehouse.get()
     spec = datasets.get(wh, context.partition_key)
     tm = embedding_model(wh, spec, config.model_version)
-    if tm.config.kind != ("punctate" if spec.shape_type == "punctate" else "sdf"):
+    if tm.config.kind != KIND_OF_SHAPE[spec.shape_type]:
         raise dg.Failure(f"model {tm.version} is a {tm.config.kind} model; data set {spec.name} holds "
                          f"{spec.shape_type} cells")
     res = pipeline.embed(wh, feature_store.get(), tm, spec.name, spec.partition)

@@ -16,6 +16,7 @@ import dagster as dg
 from cellrep_core import paths, pipeline
 from cellrep_core.models.ddp import distributed_command, write_request
 from cellrep_core.models.train import TrainedModel
+from orchestration.ddp_worker import MODULE
 
 
 def train_distributed(context: dg.AssetExecutionContext, wh, dataset: str, partition: str, cfg, processes: int,
@@ -31,7 +32,8 @@ def train_distributed(context: dg.AssetExecutionContext, wh, dataset: str, parti
         req = write_request(Path(tmp) / "request.json", cfg, paths.pointcloud_path(dataset, partition),
                             paths.models_dir(), cell_ids=cell_ids, parent_path=parent.path if parent else None,
                             lineage=lineage, force=force)
-        invocation = dg.PipesSubprocessClient().run(command=distributed_command(req, processes), context=context)
+        command = distributed_command(req, processes, module=MODULE)
+        invocation = dg.PipesSubprocessClient().run(command=command, context=context)
         reported = invocation.get_materialize_result().metadata or {}
         res = json.loads(req.with_suffix(".result.json").read_text())
     tm = TrainedModel(res["name"], res["version"], Path(res["path"]), cfg, res["metrics"], reused=res["reused"])

@@ -15,6 +15,7 @@ import pandas as pd
 from cellrep_core import paths
 from cellrep_core.store.feature_store import FeatureStore
 from cellrep_core.store.warehouse import Warehouse
+from cellrep_core.structures import KIND_OF_SHAPE
 
 
 def connect_readonly(with_embeddings: bool = True, as_of: datetime | None = None) -> duckdb.DuckDBPyConnection:
@@ -98,7 +99,7 @@ def embed_file(path: Path, channels: str = "", shape_type: str = "polymorphic",
     wh = Warehouse()
     base = pipeline.BASE_DATASET_OF_SHAPE[shape_type]
     tm = pipeline.model_by_version(wh, model_version) if model_version else pipeline.latest_model(wh, base)
-    if tm.config.kind != ("punctate" if shape_type == "punctate" else "sdf"):
+    if tm.config.kind != KIND_OF_SHAPE[shape_type]:
         raise ValueError(f"model {tm.version} is a {tm.config.kind} model; it cannot embed a {shape_type} cell")
     return embed_items(load_model(tm.path), [item])[0], tm.version
 

@@ -88,8 +88,11 @@ def reader_view(home: Path) -> dict:
     from cellrep_core.store.feature_store import FeatureStore
 
     lance = home / "lancedb"
-    out["lance_rows"] = sum(FeatureStore(lance, lock=False).count(t) for t in FeatureStore(lance, lock=False)
-                            .table_names()) if lance.exists() else None
+    if lance.exists():
+        fs = FeatureStore(lance, lock=False)
+        out["lance_rows"] = sum(fs.count(t) for t in fs.table_names())
+    else:
+        out["lance_rows"] = None
     return out
 
 

@@ -32,6 +32,7 @@ from cellrep_core.profiling.mapping import drug_map_qvalues
 from cellrep_core.profiling.screen import SCREEN_NULL_SIZE, fisher_combine, screen_map_qvalues
 from cellrep_core.store.feature_store import FeatureStore
 from cellrep_core.store.warehouse import Warehouse
+from cellrep_core.structures import DEFAULT_BASE
 
 PLATES_DATASET = "drug_plates"
 CONTROL = "DMSO"
@@ -53,7 +54,7 @@ REFERENCE = {
 
 
 # the reference data set whose base model embeds cells of a shape type
-BASE_DATASET_OF_SHAPE = {"polymorphic" if spec.kind == "sdf" else "punctate": name for name, spec in REFERENCE.items()}
+BASE_DATASET_OF_SHAPE = DEFAULT_BASE
 
 
 def generate_reference(dataset: str, size: int, seed: int, grid: int = 64) -> Path:
@@ -243,10 +244,7 @@ def train(
 ) -> TrainedModel:
     """Train a model on a partition's clouds (those of ``cell_ids`` when given), save it under ``models/`` and
     register it."""
-    items = read_pointclouds(paths.pointcloud_path(dataset, partition))
-    if cell_ids is not None:
-        keep = set(cell_ids)
-        items = [it for it in items if it.cell_id in keep]
+    items = read_pointclouds(paths.pointcloud_path(dataset, partition), cell_ids)
     tm = train_model(
         cfg,
         items,
@@ -295,10 +293,7 @@ def embed(
 ) -> dict:
     """Embed a partition's cells (of one structure group: ``cell_ids``, ``structure``) with a model version into
     the feature store (upsert, no duplicates)."""
-    items = read_pointclouds(paths.pointcloud_path(dataset, partition))
-    if cell_ids is not None:
-        keep = set(cell_ids)
-        items = [it for it in items if it.cell_id in keep]
+    items = read_pointclouds(paths.pointcloud_path(dataset, partition), cell_ids)
     model = load_model(tm.path)
     t0 = time.perf_counter()
     z = embed_items(model, items)

@@ -57,8 +57,6 @@ def test_concurrent_writers_without_locks_leave_no_duplicate_and_lose_no_row(tmp
         writers = {w for w in range(n_workers) if w * 40 <= i < w * 40 + 80}
         assert int(v) // 100 in writers and int(v) % 100 == r
     assert has_primary_key(fs.open_table().schema)
-    retries = sum(int(o.strip().splitlines()[-1]) for o, _ in outs)
-    assert retries >= 0  # counted (how many depends on the interleaving)
 
 
 def test_old_tables_are_migrated_to_the_primary_key_and_keep_their_history(tmp_path):

@@ -4,9 +4,10 @@ cellrep_core.models.ddp --request REQUEST.json``.
 Every process reads the same request (config, clouds, models folder, parent, lineage), trains its shard of
 each batch with Lightning's DDP strategy (gloo on CPU, NCCL on CUDA; batch norm synchronised; batch size per
 process = the config's batch size / processes), and rank 0 writes the version folder exactly as a one-process
-training does. Lightning's own launcher would re-run the command line of the parent process (inside a
-Dagster step: Dagster itself), so the processes come from torchrun, started by the asset through Dagster
-Pipes (``distributed_command``); rank 0 reports the result through Pipes when it runs under it.
+training does, and the result beside the request (``<request>.result.json``). Lightning's own launcher would
+re-run the command line of the parent process (inside a Dagster step: Dagster itself), so the processes come
+from torchrun; the model assets start it through Dagster Pipes with ``orchestration.ddp_worker`` as the entry
+module, which adds the Pipes report to ``run_and_save``.
 
 Equivalence with one process: training inputs are drawn per (cell, epoch) (``per_item_draws``) and the batch
 order is one permutation per epoch sharded across processes, so the processes together see what one process
@@ -22,10 +23,11 @@ import sys
 from pathlib import Path
 
 
-def distributed_command(request: Path, processes: int) -> list[str]:
-    """The torchrun command line that trains ``request`` on ``processes`` local processes."""
+def distributed_command(request: Path, processes: int, module: str = "cellrep_core.models.ddp") -> list[str]:
+    """The torchrun command line that trains ``request`` on ``processes`` local processes; ``module`` is the entry
+    each process runs (its ``main`` takes ``--request``)."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={int(processes)}",
-            "-m", "cellrep_core.models.ddp", "--request", str(request)]
+            "-m", module, "--request", str(request)]
 
 
 def write_request(path: Path, cfg, items_path: Path, models_root: Path, cell_ids: list[str] | None = None,
@@ -68,35 +70,19 @@ def run(request: Path) -> dict | None:
             "metrics": tm.metrics}
 
 
+def run_and_save(request: Path) -> dict | None:
+    """``run`` and, on rank 0, write its result to ``<request>.result.json``; returns it (None on other ranks)."""
+    res = run(request)
+    if res is not None:
+        Path(request).with_suffix(".result.json").write_text(json.dumps(res, indent=2))
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="one process of a DDP training (start with torchrun)")
     ap.add_argument("--request", type=Path, required=True)
-    args = ap.parse_args(argv)
-    rank = int(os.environ.get("RANK", "0"))
-    pipes = None
-    if rank == 0 and os.environ.get("DAGSTER_PIPES_CONTEXT"):
-        from dagster_pipes import open_dagster_pipes
-
-        pipes = open_dagster_pipes()
-    try:
-        res = run(args.request)
-        if res is not None:
-            (Path(args.request).with_suffix(".result.json")).write_text(json.dumps(res, indent=2))
-            if pipes is not None:
-                m = res["metrics"]
-                pipes.log.info(f"trained {res['version']} on {os.environ.get('WORLD_SIZE', '1')} processes")
-                pipes.report_asset_materialization(metadata={
-                    "model_version": res["version"], "path": res["path"], "reused": res["reused"],
-                    "processes": int(os.environ.get("WORLD_SIZE", "1")),
-                    **{k: v for k, v in m.items() if isinstance(v, int | float | str) and not isinstance(v, bool)}})
-    finally:
-        if pipes is not None:
-            pipes.close()
+    run_and_save(ap.parse_args(argv).request)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
 
 
 class _AllReduceBatchNorm:
@@ -145,3 +131,7 @@ def all_reduce_batchnorm(module):
         else:
             all_reduce_batchnorm(child)
     return module
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

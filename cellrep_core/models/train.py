@@ -181,15 +181,15 @@ def train_model(
         from cellrep_core.errors import CorruptFileError
 
         try:
-            load_model(out)
+            reused = load_model(out)
         except CorruptFileError as err:  # torn or damaged: train this version again instead of reusing it
             log.warning("%s", err)
             (out / "model.pt").unlink()
-    if (out / "model.pt").exists() and not force:
-        meta = json.loads((out / "lineage.json").read_text())
-        if not (out / WHITENING_FILE).exists():
-            fit_whitening(load_model(out), items, out)
-        return TrainedModel(cfg.name, version, out, cfg, meta.get("metrics", {}), reused=True)
+        else:
+            meta = json.loads((out / "lineage.json").read_text())
+            if not (out / WHITENING_FILE).exists():
+                fit_whitening(reused, items, out)
+            return TrainedModel(cfg.name, version, out, cfg, meta.get("metrics", {}), reused=True)
     out.mkdir(parents=True, exist_ok=True)
     world = int(os.environ.get("WORLD_SIZE", "1")) if distributed else 1
     rank = int(os.environ.get("RANK", "0")) if distributed else 0
