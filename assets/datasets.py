@@ -8,10 +8,12 @@ the cells, point clouds and embeddings of the same partition (one code path).
 """
 
 import time
+from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 
-from cellrep_core import datasets, pipeline
+from cellrep_core import datasets, pipeline, statcell
 from cellrep_core.models.config import variant
 from cellrep_core.pointclouds.build import SamplingConfig
 from cellrep_core.structures import KIND_OF_SHAPE
@@ -195,5 +197,53 @@ def dataset_benchmark(context: dg.AssetExecutionContext, config: DatasetBenchmar
     return dg.MaterializeResult(metadata=benchmark_metadata(res))
 
 
-dataset_asset_defs = [dataset_cells, dataset_pointclouds, dataset_model, dataset_embeddings, dataset_benchmark]
+class StatCellConfig(dg.Config):
+    """The stacked beta-VAE of structure given shape: configs, epoch override (0: the configs'), the betas of the
+    rate-distortion sweep (empty: no sweep), the base model version the shape residual is fitted on (empty: the
+    data set's latest), retrain even when the versions exist."""
+
+    ref_config: str = "statcell_ref_demo"
+    cond_config: str = "statcell_cond_demo"
+    max_epochs: int = 0
+    betas: list[float] = list(statcell.DEFAULT_BETAS)
+    base_version: str = ""
+    force: bool = False
+
+
+@dg.asset(partitions_def=datasets_partitions, group_name="datasets", deps=[dataset_cells, dataset_embeddings],
+          pool="gpu", kinds={"pytorch", "duckdb", "lancedb"},
+          description="Structure given cell shape (seed 003): a reference beta-VAE of the nucleus (and cell) and a "
+                      "conditional beta-VAE of the structure given it, with coupling, KL per dimension, a beta sweep "
+                      "and generations (statcell_models, statcell_beta_sweep, reports/<dataset>/statcell/), and the "
+                      "shape residual of the base codes that plates routed to this data set are profiled with "
+                      "(feature set structure_given_shape). Not automated: `cellrep statcell NAME`.")
+def dataset_statcell(context: dg.AssetExecutionContext, config: StatCellConfig, warehouse: WarehouseResource,
+                     feature_store: FeatureStoreResource) -> dg.MaterializeResult:
+    from cellrep_core.analysis.render import png_data_uri
+
+    wh = warehouse.get()
+    spec = datasets.get(wh, context.partition_key)
+    try:
+        res = statcell.train_dataset(wh, feature_store.get(), spec.name, base_version=config.base_version or None,
+                                     ref_config=config.ref_config, cond_config=config.cond_config,
+                                     betas=config.betas, max_epochs=config.max_epochs, force=config.force)
+    except (LookupError, ValueError) as err:
+        raise dg.Failure(str(err)) from err
+    report = res.pop("report_dir")
+    problems = res.pop("problems")
+    md = _md(res)
+    pics = ""
+    for name in ("beta_sweep.png", "generation.png"):
+        f = Path(report) / name
+        if f.exists():
+            pics += f"![{name}]({png_data_uri(f)})\n\n"
+    if pics:
+        md["pictures"] = dg.MetadataValue.md(pics)
+    if problems:
+        md["skipped_cells"] = dg.MetadataValue.md(pd.DataFrame(problems).head(50).to_markdown(index=False))
+    return dg.MaterializeResult(metadata={**md, "report_dir": report})
+
+
+dataset_asset_defs = [dataset_cells, dataset_pointclouds, dataset_model, dataset_embeddings, dataset_benchmark,
+                      dataset_statcell]
 DATASET_CHAIN = ["dataset_cells", "dataset_pointclouds", "dataset_model", "dataset_embeddings"]

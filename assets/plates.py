@@ -7,7 +7,7 @@ import time
 import dagster as dg
 import pandas as pd
 
-from cellrep_core import paths, pipeline, structures
+from cellrep_core import paths, pipeline, statcell, structures
 from cellrep_core.data.cells import read_manifest
 from cellrep_core.pipeline import PLATES_DATASET
 from cellrep_core.store.warehouse import Warehouse
@@ -188,11 +188,16 @@ def plate_embeddings(context: dg.AssetExecutionContext, warehouse: WarehouseReso
     groups = structures.plate_groups(wh, pid)
     for key in pipeline.plate_structures(wh, pid):
         ids = groups[key]["cell_ids"] if key in groups else None
-        for role, tm in zip(("base", "finetuned"), pipeline.plate_models(wh, pid, key or None), strict=True):
+        base, ft = pipeline.plate_models(wh, pid, key or None)
+        for role, tm in zip(("base", "finetuned"), (base, ft), strict=True):
             res = pipeline.embed(wh, fs, tm, PLATES_DATASET, pid, plate_id=pid, cell_ids=ids,
                                  structure=key if len(groups) > 1 else None)
             prefix = f"{role}_" if len(groups) <= 1 else f"{key}_{role}_"
             md |= {f"{prefix}{k}": v for k, v in _md(res).items()}
+        if key in groups:  # structure given shape, where the group's base data set has a stacked model
+            res = statcell.embed_plate(wh, fs, pid, key, ids, groups[key]["base_dataset"], base.version)
+            prefix = "" if len(groups) <= 1 else f"{key}_"
+            md |= {f"{prefix}structure_given_shape_{k}": v for k, v in _md(res).items()}
     return dg.MaterializeResult(metadata={**md, "stage_seconds": round(time.perf_counter() - t0, 2)})
 
 

@@ -219,6 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
                          "central for the punctate structure, or both joined by '+'); repeatable")
     sp.add_argument("--mixed", action="store_true", help="two structures in every well: polymorphic nucleolus-like "
                                                          "cells and punctate foci cells, each routed to its base model")
+    sp.add_argument("--coupled", action="store_true",
+                    help="coupled_nucleolus cells whose structure scales with the nucleus; effects none, "
+                         "nucleus_size (the nucleus shrinks, the structure follows), structure_size (the structure "
+                         "shrinks within a usual nucleus); default drugs nuc_small, struct_small, null_a, null_b")
+    sc = sub.add_parser("synth-coupled-set", help="write a reference data set of coupled_nucleolus cells (structure "
+                                                  "volume a fraction of the nucleus volume) + manifest.csv")
+    sc.add_argument("out", type=Path)
+    sc.add_argument("--n-cells", type=int, default=160)
+    sc.add_argument("--seed", type=int, default=31)
     ss = sub.add_parser("synth-screen", help="write a synthetic screen (replicate plates, dose series, nuisance) "
                                              "into the landing folder")
     ss.add_argument("--screen-id", required=True)
@@ -287,12 +296,18 @@ def write_synthetic_screen(screen_id: str, seed: int = 0, drugs: list[str] | Non
 
 def write_synthetic_plate(plate_id: str, out: Path | None = None, seed: int = 0, n_dmso: int = 32,
                           n_per_drug: int = 20, drugs: dict[str, str] | None = None, n_bad: int = 2,
-                          mixed: bool = False) -> Path:
+                          mixed: bool = False, coupled: bool = False) -> Path:
     """Write a synthetic plate into a folder, manifest last (written then renamed) so it is picked up complete.
-    ``mixed``: a polymorphic and a punctate structure in every well (``synthetic.generate_mixed_plate``)."""
+    ``mixed``: a polymorphic and a punctate structure in every well (``synthetic.generate_mixed_plate``);
+    ``coupled``: structure coupled to the nucleus, nucleus-only and structure-only drugs (``data/coupled.py``)."""
     from cellrep_core.data import synthetic
 
     out = Path(out) if out else paths.landing_plates_dir() / plate_id
+    if coupled:
+        from cellrep_core.data.coupled import generate_coupled_plate
+
+        generate_coupled_plate(out, plate_id, seed=seed, n_dmso=n_dmso, n_per_drug=n_per_drug, drugs=drugs)
+        return out
     if mixed:
         effects = {k: synthetic.parse_mixed_effect(v) for k, v in drugs.items()} if drugs else None
         synthetic.generate_mixed_plate(out, plate_id, seed=seed, n_dmso=n_dmso, n_per_drug=n_per_drug, drugs=effects)
@@ -318,9 +333,17 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "synth-plate":
         drugs = dict(d.split("=", 1) for d in args.drug) or None
+        if args.mixed and args.coupled:
+            raise ValueError("--mixed and --coupled are two kinds of plate; choose one")
         out = write_synthetic_plate(args.plate_id, args.out, args.seed, args.n_dmso, args.n_per_drug, drugs,
-                                    mixed=args.mixed)
+                                    mixed=args.mixed, coupled=args.coupled)
         print(f"wrote plate {args.plate_id} to {out}")
+        return 0
+    if args.command == "synth-coupled-set":
+        from cellrep_core.data.coupled import generate_coupled_dataset
+
+        df = generate_coupled_dataset(args.out, n_cells=args.n_cells, seed=args.seed)
+        print(f"wrote {len(df)} coupled cells and {args.out / 'manifest.csv'}")
         return 0
     if args.command == "synth-screen":
         try:

@@ -452,10 +452,11 @@ QVALUE_COLUMNS = ["plate_id", "structure_name", "drug", "concentration", "model_
 
 
 def _plate_qvalues(wh: Warehouse, fs: FeatureStore, plate_id: str, model_versions: list[str], null_size: int,
-                   seed: int, structure: str = "", cell_ids: list[str] | None = None) -> pd.DataFrame:
+                   seed: int, structure: str = "", cell_ids: list[str] | None = None,
+                   extra: list[tuple[str, str, Path, int]] | None = None) -> pd.DataFrame:
     """mAP / q-values of a plate's drugs (among the cells of one structure group) for each model version's
-    embeddings and the hand-crafted baseline."""
-    sets = plate_feature_sets(wh, fs, plate_id, model_versions, cell_ids=cell_ids)
+    embeddings, the hand-crafted baseline and the ``extra`` feature sets (structure given shape)."""
+    sets = plate_feature_sets(wh, fs, plate_id, model_versions, cell_ids=cell_ids, extra=extra)
     out = []
     for feature_set, version, meta, feats in sets:
         if feature_set == "handcrafted" and len(meta) == 0:
@@ -467,11 +468,14 @@ def _plate_qvalues(wh: Warehouse, fs: FeatureStore, plate_id: str, model_version
 
 def plate_feature_sets(wh: Warehouse, fs: FeatureStore, plate_id: str, model_versions: list[str],
                        paths_of: dict[str, Path] | None = None, cell_ids: list[str] | None = None,
+                       extra: list[tuple[str, str, Path, int]] | None = None,
                        ) -> list[tuple[str, str, pd.DataFrame, np.ndarray]]:
     """``(feature_set, model_version, meta, features)`` of a plate: each model version's whitened codes and the
     hand-crafted features; ``meta`` has cell_id, plate_id, drug, concentration, well. ``paths_of`` gives the folder of
     a model version that is not in the ``models`` table (the benchmark's other model families); ``cell_ids``
-    restricts every set to those cells (one structure group)."""
+    restricts every set to those cells (one structure group). ``extra``: ``(feature_set, version, folder, dim)`` of
+    other stored codes (``structure_given_shape``), whitened by ``folder/whitening.npz``; skipped where the plate
+    has none of them."""
     keep = None if cell_ids is None else set(cell_ids)
     conc = wh.query("SELECT cell_id, concentration, well FROM cells WHERE plate_id = ?", [plate_id])
     hc = wh.query(
@@ -492,6 +496,14 @@ def plate_feature_sets(wh: Warehouse, fs: FeatureStore, plate_id: str, model_ver
         path = (paths_of or {}).get(version) or model_by_version(wh, version).path
         meta = emb_meta[["cell_id", "plate_id", "drug"]].merge(conc, on="cell_id", how="left")
         sets.append(("embedding", version, meta, load_whitening(path).transform(vecs)))
+    for feature_set, version, folder, dim in extra or []:
+        emb_meta, vecs = fs.load({"plate_id": plate_id, "model_version": version}, table=fs.table_for_dim(dim))
+        if keep is not None and len(emb_meta):
+            mask = emb_meta.cell_id.isin(keep).to_numpy()
+            emb_meta, vecs = emb_meta[mask].reset_index(drop=True), vecs[mask]
+        if len(emb_meta):
+            meta = emb_meta[["cell_id", "plate_id", "drug"]].merge(conc, on="cell_id", how="left")
+            sets.append((feature_set, version, meta, load_whitening(folder).transform(vecs)))
     sets.append(("handcrafted", "", hc[["cell_id", "plate_id", "drug", "concentration", "well"]],
                  hc[list(HANDCRAFTED_FEATURES)].to_numpy(float)))
     return sets
@@ -514,6 +526,7 @@ def profile_plate(wh: Warehouse, fs: FeatureStore, plate_id: str, null_size: int
     """q-values of one plate per structure group: each group's drugs against the DMSO cells of the same group, in
     the spaces of the group's base and fine-tuned models and the hand-crafted features; the plate's earlier
     ``drug_qvalues`` rows are replaced in one transaction."""
+    from cellrep_core import statcell
     from cellrep_core.structures import plate_groups
 
     groups = plate_groups(wh, plate_id)
@@ -524,8 +537,10 @@ def profile_plate(wh: Warehouse, fs: FeatureStore, plate_id: str, null_size: int
         if key not in trained and not (len(groups) == 1 and trained == {""}):
             continue  # no base model for this structure: plate_model reported it
         base, ft = plate_models(wh, plate_id, key if key in trained else None)
+        extra = [(statcell.FEATURE_SET, *v) for v in statcell.plate_versions(wh, plate_id, g["base_dataset"],
+                                                                            base.version)]
         frames.append(_plate_qvalues(wh, fs, plate_id, list(dict.fromkeys([base.version, ft.version])), null_size,
-                                     seed, structure=key, cell_ids=g["cell_ids"]))
+                                     seed, structure=key, cell_ids=g["cell_ids"], extra=extra))
     if not frames:
         raise LookupError(f"plate {plate_id}: no structure group has a fine-tuned model; materialize plate_model")
     df = pd.concat(frames, ignore_index=True)

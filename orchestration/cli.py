@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     uc.add_argument("--out", default="", help="screenshot PNG; default: $CELLREP_HOME/reports/ui_hit_explanation.png")
     _add_dataset_commands(sub)
     args = parser.parse_args(argv)
-    if args.command in ("dataset", "ingest"):
+    if args.command in ("dataset", "ingest", "statcell"):
         try:
             return _dataset_command(args)
         except (LookupError, ValueError) as err:
@@ -101,6 +101,15 @@ def _add_dataset_commands(sub) -> None:
     mat.add_argument("name")
     mat.add_argument("--max-epochs", type=int, default=0, help="epoch override of the base model's training")
     mat.add_argument("--benchmark", action="store_true", help="also the benchmark of its model config")
+    st = sub.add_parser("statcell", help="train the model of structure given cell shape (seed 003) on a data set: "
+                                         "coupling, beta sweep, generations, and the structure_given_shape profile "
+                                         "of plates routed to it (asset dataset_statcell)")
+    st.add_argument("name")
+    st.add_argument("--max-epochs", type=int, default=0, help="epoch override of both beta-VAEs")
+    st.add_argument("--betas", default=",".join(f"{b:g}" for b in (0.25, 1, 4, 16)),
+                    help="betas of the rate-distortion sweep, comma-separated ('' for no sweep)")
+    st.add_argument("--tiny", action="store_true", help="the tiny test configs (16^3 volumes, 3 epochs)")
+    st.add_argument("--force", action="store_true", help="retrain even when the versions exist")
 
 
 def _dataset_command(args) -> int:
@@ -109,6 +118,8 @@ def _dataset_command(args) -> int:
     from orchestration import datasets as odatasets
 
     logging.basicConfig(level=logging.WARNING)
+    if args.command == "statcell":
+        return _statcell_command(args)
     if args.command == "ingest":
         for line in odatasets.ingest_command(args.manifest, args.data_root, args.dataset, args.model_version,
                                              args.workers):
@@ -154,3 +165,31 @@ def _dataset_command(args) -> int:
         print(f"cellrep: {odatasets.run_failure(res)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _statcell_command(args) -> int:
+    from orchestration import datasets as odatasets
+
+    try:
+        betas = [float(b) for b in args.betas.split(",") if b.strip()]
+    except ValueError:
+        raise ValueError(f"--betas {args.betas!r}: expected numbers, e.g. 0.25,1,4,16") from None
+    size = "tiny" if args.tiny else "demo"
+    cfg = {"ops": {"dataset_statcell": {"config": {
+        "max_epochs": args.max_epochs, "betas": betas, "force": args.force,
+        "ref_config": f"statcell_ref_{size}", "cond_config": f"statcell_cond_{size}"}}}}
+    res = odatasets.materialize_dataset(args.name, ["dataset_statcell"], cfg)
+    if not res.success:
+        print(f"cellrep: {odatasets.run_failure(res)}", file=sys.stderr)
+        return 1
+    for ev in res.get_asset_materialization_events():
+        md = ev.materialization.metadata
+        for k in ("ref_version", "cond_version", "base_version", "sgs_version", "n_cells", "n_skipped",
+                  "coupling_gain", "recon_true", "recon_shuffled", "active_dims", "shape_explained",
+                  "generated_volume_small", "generated_volume_large", "real_volume_small", "real_volume_large",
+                  "report_dir"):
+            if k in md:
+                v = md[k].value
+                print(f"{k}: {round(v, 4) if isinstance(v, float) else v}")
+    return 0
+

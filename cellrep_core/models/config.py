@@ -17,8 +17,9 @@ class ModelConfig(BaseModel):
     name: str
     kind: Literal["punctate", "sdf"]
     # model family: point clouds (SO(3) vector-neuron DGCNN or classical DGCNN) or 3D images
-    # (SO(3)-steerable escnn CNN or its classical twin with plain convolutions)
-    encoder: Literal["vn_dgcnn", "dgcnn", "so3_cnn", "cnn"] = "vn_dgcnn"
+    # (SO(3)-steerable escnn CNN or its classical twin with plain convolutions); "ref_bvae" / "cond_bvae": the
+    # stacked beta-VAEs of seed 003 (reference shape; structure given the reference: models/statcell.py)
+    encoder: Literal["vn_dgcnn", "dgcnn", "so3_cnn", "cnn", "ref_bvae", "cond_bvae"] = "vn_dgcnn"
     # reconstruction loss of punctate point clouds (image models use MSE, SDF clouds L1)
     loss: Literal["chamfer", "emd"] = "chamfer"
     # image models: side of the cubic input volume and channels of the first layer
@@ -54,6 +55,13 @@ class ModelConfig(BaseModel):
     # training inputs drawn per (cell, epoch) instead of from one stream, and batches from one permutation per
     # epoch: any sharding of the batches (DDP) draws what one process draws (models/ddp.py)
     per_item_draws: bool = False
+    # beta-VAEs (models/statcell.py): weight of the KL term, size of the condition (reference latent + one-hot
+    # structure label; set when the conditional model is trained), number of structure labels, and channels of
+    # the reference (nucleus; nucleus + cell)
+    beta: float = 1.0
+    cond_dim: int = 0
+    n_labels: int = 0
+    ref_channels: int = 1
 
     @model_validator(mode="after")
     def _segmentation_needs_an_sdf_image_model(self) -> ModelConfig:
@@ -66,7 +74,9 @@ class ModelConfig(BaseModel):
 
     @property
     def family(self) -> str:
-        """``pointcloud`` or ``image``: what the model takes as input."""
+        """``pointcloud``, ``image`` or ``statcell`` (the beta-VAEs over aligned masks): what the model takes."""
+        if self.encoder in ("ref_bvae", "cond_bvae"):
+            return "statcell"
         return "pointcloud" if self.encoder in ("vn_dgcnn", "dgcnn") else "image"
 
     @property
@@ -83,7 +93,8 @@ class ModelConfig(BaseModel):
         return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:10]
 
 
-DIGEST_NEUTRAL_DEFAULTS: dict[str, object] = {"per_item_draws": False}
+DIGEST_NEUTRAL_DEFAULTS: dict[str, object] = {"per_item_draws": False, "beta": 1.0, "cond_dim": 0, "n_labels": 0,
+                                               "ref_channels": 1}
 
 
 def variant(cfg: ModelConfig, **changes: object) -> ModelConfig:
@@ -151,6 +162,18 @@ REGISTRY.update({
     for n, c in list(REGISTRY.items())
     if c.kind == "sdf" and c.family == "image"
 })
+
+# The stacked beta-VAEs of seed 003 (models/statcell.py) over masks in the nucleus frame: a reference model of the
+# nucleus (and cell) and a conditional model of the structure given it. Demo: 32^3 volumes, minutes on a CPU;
+# tiny: 16^3 for tests. cond_dim and n_labels are filled in when the conditional model is trained.
+_STATCELL_DEMO = {"image_size": 32, "image_channels": 8, "batch_size": 16, "lr": 1e-3, "max_epochs": 100,
+                  "patience": 10, "lr_schedule": "cosine"}
+_STATCELL_TINY = {"image_size": 16, "image_channels": 4, "batch_size": 8, "lr": 2e-3, "max_epochs": 3, "patience": 3}
+for _size, _kw in (("demo", _STATCELL_DEMO), ("tiny", _STATCELL_TINY)):
+    REGISTRY[f"statcell_ref_{_size}"] = ModelConfig(name=f"statcell_ref_{_size}", kind="sdf", encoder="ref_bvae",
+                                                    latent_dim=8 if _size == "demo" else 4, beta=1.0, **_kw)
+    REGISTRY[f"statcell_cond_{_size}"] = ModelConfig(name=f"statcell_cond_{_size}", kind="sdf", encoder="cond_bvae",
+                                                     latent_dim=16 if _size == "demo" else 4, beta=1.0, **_kw)
 
 
 def get_config(name: str, **overrides: object) -> ModelConfig:

@@ -16,11 +16,15 @@ from cellrep_core.pointclouds.sdf import query_grid
 
 @dataclass
 class CloudItem:
-    """One cell's stored cloud: dense punctate points ``[n, 4]`` or surface points ``[n, 3]`` + SDF grid."""
+    """One cell's stored cloud: dense punctate points ``[n, 4]`` or surface points ``[n, 3]`` + SDF grid; for the
+    beta-VAEs of ``models/statcell.py`` instead masks in the nucleus frame ``volume [C, S, S, S]`` and a
+    ``condition`` vector (``points`` empty)."""
 
     cell_id: str
     points: np.ndarray
     sdf: np.ndarray | None = None
+    volume: np.ndarray | None = None
+    condition: np.ndarray | None = None
 
 
 def cell_seed(cell_id: str, seed: int = 0) -> int:

@@ -65,6 +65,9 @@ def data_hash(items: list[CloudItem]) -> str:
         h.update(np.ascontiguousarray(it.points, dtype=np.float32).tobytes())
         if it.sdf is not None:
             h.update(np.ascontiguousarray(it.sdf, dtype=np.float32).tobytes())
+        for extra in (it.volume, it.condition):  # beta-VAE items (models/statcell.py); None for clouds
+            if extra is not None:
+                h.update(np.ascontiguousarray(extra, dtype=np.float32).tobytes())
     return h.hexdigest()[:12]
 
 

@@ -34,6 +34,10 @@ def model_class(cfg: ModelConfig) -> type[L.LightningModule]:
         from cellrep_core.models.module import PointCloudAutoencoder
 
         return PointCloudAutoencoder
+    if cfg.family == "statcell":
+        from cellrep_core.models.statcell import StatCellVAE
+
+        return StatCellVAE
     from cellrep_core.models.image import ImageAutoencoder
 
     return ImageAutoencoder
@@ -48,6 +52,10 @@ def make_dataset(cfg: ModelConfig, items: list[CloudItem], train: bool, seed: in
     """Training (random draws) or evaluation (fixed draws) items for ``cfg``'s family."""
     if cfg.family == "pointcloud":
         return CloudDataset(items, cfg, train=train, seed=seed)
+    if cfg.family == "statcell":
+        from cellrep_core.models.statcell import StatCellDataset
+
+        return StatCellDataset(items, cfg, train=train, seed=seed)
     from cellrep_core.models.image import ImageDataset
 
     return ImageDataset(items, cfg, train=train, seed=seed)
@@ -57,6 +65,10 @@ def model_inputs(item: CloudItem, cfg: ModelConfig, draw: int = 0) -> np.ndarray
     """The deterministic input of one cell for embedding (``draw`` selects a point subset; images ignore it)."""
     if cfg.family == "pointcloud":
         return fixed_points(item, cfg, draw)
+    if cfg.family == "statcell":
+        from cellrep_core.models.statcell import pack_inputs
+
+        return pack_inputs(item)
     from cellrep_core.models.image import cell_volume
 
     return cell_volume(item, cfg)

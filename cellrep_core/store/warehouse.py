@@ -91,6 +91,15 @@ SCHEMA: dict[str, str] = {
     "mode_kl": """
         screen_id VARCHAR, drug VARCHAR, concentration DOUBLE, planted_effect VARCHAR, strength DOUBLE,
         kl_from_dmso DOUBLE, n_cells INTEGER, k INTEGER, model_version VARCHAR""",
+    "statcell_models": """
+        dataset VARCHAR PRIMARY KEY, ref_version VARCHAR, cond_version VARCHAR, ref_path VARCHAR, cond_path VARCHAR,
+        base_version VARCHAR, sgs_version VARCHAR, sgs_path VARCHAR, sgs_dim INTEGER, image_size INTEGER,
+        half_extent DOUBLE, n_cells INTEGER, n_skipped INTEGER, coupling_gain DOUBLE, recon_true DOUBLE,
+        recon_shuffled DOUBLE, active_dims INTEGER, shape_explained DOUBLE, metrics_json VARCHAR,
+        trained_at TIMESTAMP DEFAULT current_timestamp""",
+    "statcell_beta_sweep": """
+        dataset VARCHAR, beta DOUBLE, model_version VARCHAR, reconstruction_nll DOUBLE, kl DOUBLE,
+        active_dims INTEGER, latent_dim INTEGER, n_cells INTEGER""",
     "hit_explanations": """
         scope VARCHAR, scope_id VARCHAR, drug VARCHAR, concentration DOUBLE, model_version VARCHAR,
         n_treated INTEGER, n_control INTEGER, n_pcs INTEGER, separation DOUBLE, baseline_mean DOUBLE,
