@@ -8,7 +8,7 @@ CELLREP_HOME ?= $(CURDIR)/.cellrep
 export CELLREP_HOME
 
 .PHONY: install demo test ui lint clean bench-sdf bench-search bench-image bench-train bench-plates bench-screen \
-	bench-mixed bench-pyg bench-faults bench-ticks
+	bench-mixed bench-pyg bench-faults bench-ticks bench-statcell
 
 $(STAMP): pyproject.toml
 	@command -v gfortran >/dev/null 2>&1 || { \
@@ -62,6 +62,13 @@ bench-mixed: $(STAMP)
 	rm -rf $(CURDIR)/.cellrep-bench-mixed
 	CELLREP_HOME=$(CURDIR)/.cellrep-bench-mixed DAGSTER_HOME=$(CURDIR)/.cellrep-bench-mixed/dagster \
 	  $(PY) benchmarks/bench_mixed_plate.py
+
+# structure given shape (seed 003) on a storage root of its own: a coupled reference set, the stacked beta-VAE, and
+# plates with a nucleus-size-only and a structure-only drug
+bench-statcell: $(STAMP)
+	rm -rf $(CURDIR)/.cellrep-bench-statcell
+	CELLREP_HOME=$(CURDIR)/.cellrep-bench-statcell DAGSTER_HOME=$(CURDIR)/.cellrep-bench-statcell/dagster \
+	  $(PY) benchmarks/bench_statcell.py
 
 # cellrep's dense EdgeConv against torch-geometric's on the same graph and weights
 bench-pyg: $(STAMP)

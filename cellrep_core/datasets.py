@@ -184,6 +184,10 @@ def build_spec(name: str, manifest: Path, data_root: Path | None = None, model: 
     if model not in REGISTRY:
         raise DatasetError(f"data set {name}: model config {model!r} is not registered; known: "
                            f"{', '.join(sorted(REGISTRY))}")
+    if REGISTRY[model].family == "statcell":
+        raise DatasetError(f"data set {name}: {model} is a model of structure given shape, not a base model; "
+                           f"register the data set with a base model (e.g. {DEFAULT_MODEL[shape_type]}) and run "
+                           f"`cellrep statcell {name}` for it")
     half = float(half_extent_vox or DEFAULT_HALF_EXTENT_VOX)
     if not half > 0:
         raise DatasetError(f"data set {name}: half_extent_vox must be positive, got {half_extent_vox}")

@@ -578,7 +578,8 @@ def profile_screen(wh: Warehouse, fs: FeatureStore, screen_id: str, null_size: i
                    seed: int = 0) -> pd.DataFrame:
     """Screen-level mAP / q of every drug x concentration over the screen's replicate plates
     (``cellrep_core.profiling.screen``), per structure group, for the base model (zero-shot), the plates'
-    fine-tuned models and the hand-crafted features; replaces the screen's rows of ``screen_qvalues`` in one
+    fine-tuned models, the hand-crafted features and, where the group's base data set has one, structure given
+    shape (model_role ``structure_given_shape``); replaces the screen's rows of ``screen_qvalues`` in one
     transaction.
 
     The base model's codes and the hand-crafted features are pooled over plates (per-plate DMSO normalisation,
@@ -612,6 +613,8 @@ def profile_screen(wh: Warehouse, fs: FeatureStore, screen_id: str, null_size: i
 def _profile_screen_structure(wh: Warehouse, fs: FeatureStore, structure: str, plates: list[str], groups: dict,
                               trained: dict, plate_rows: pd.DataFrame, null_size: int, seed: int) -> pd.DataFrame:
     """The screen rows of one structure group (``""``: plates from before structure groups)."""
+    from cellrep_core import statcell
+
     have = [p for p in plates if structure in trained[p] or (structure == "" and trained[p] <= {""})]
     pairs = {pid: plate_models(wh, pid, structure or None) for pid in have}
     cells = {pid: (groups[pid][structure]["cell_ids"] if structure in groups[pid] else None) for pid in have}
@@ -621,7 +624,11 @@ def _profile_screen_structure(wh: Warehouse, fs: FeatureStore, structure: str, p
     shared_base = len(set(base_versions.values())) == 1
     # each plate's feature sets read once: the shared base model's whitened codes (when one base embedded every
     # plate) and the hand-crafted features, pooled over plates below
-    per_plate = [plate_feature_sets(wh, fs, pid, [base_versions[pid]] if shared_base else [], cell_ids=cells[pid])
+    # structure given shape, where the group's base data set has a stacked model fitted on the plate's base
+    sgs = {pid: statcell.plate_versions(wh, pid, groups[pid][structure]["base_dataset"], base_versions[pid])
+           if structure in groups[pid] else [] for pid in have}
+    per_plate = [plate_feature_sets(wh, fs, pid, [base_versions[pid]] if shared_base else [], cell_ids=cells[pid],
+                                    extra=[(statcell.FEATURE_SET, *v) for v in sgs[pid]])
                  for pid in have]
 
     def pooled(role: str, version: str, feature_set: str) -> None:
@@ -647,6 +654,11 @@ def _profile_screen_structure(wh: Warehouse, fs: FeatureStore, structure: str, p
         combined("base", base_versions, "embedding")
     combined("finetuned", {pid: ft.version for pid, (_, ft) in pairs.items()}, "embedding")
     pooled("handcrafted", "", "handcrafted")
+    sgs_versions = {v[0] for vs in sgs.values() for v in vs}
+    if len(sgs_versions) == 1 and all(sgs.values()):  # one shape residual for every plate: pooled like the base
+        pooled(statcell.FEATURE_SET, sgs_versions.pop(), statcell.FEATURE_SET)
+    elif sgs_versions:  # plates on different residuals (base retrained between them): Fisher over the plates
+        combined(statcell.FEATURE_SET, {pid: v[0][0] for pid, v in sgs.items() if v}, statcell.FEATURE_SET)
     return pd.concat(frames, ignore_index=True).assign(structure_name=structure) if frames else pd.DataFrame()
 
 

@@ -7,7 +7,7 @@ select
     q.feature_set,
     q.model_version,
     case
-        when q.feature_set = 'handcrafted' then 'handcrafted'
+        when q.feature_set <> 'embedding' then q.feature_set
         when m.plate_id = q.plate_id and m.parent_version is not null then 'finetuned'
         else 'base'
     end as model_role,

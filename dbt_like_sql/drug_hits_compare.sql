@@ -1,10 +1,10 @@
--- Per plate, structure, drug and concentration: the zero-shot base model, the plate's fine-tuned model and the hand-crafted baseline
--- side by side (mAP vs DMSO, q-value, hit), next to the planted effect (synthetic plates).
+-- Per plate, structure, drug and concentration: the zero-shot base model, the plate's fine-tuned model, the hand-crafted baseline
+-- and structure given shape (where the structure's base data set has that model) side by side (mAP vs DMSO, q-value, hit), next to the planted effect (synthetic plates).
 with q as (
     select
         q.*,
         case
-            when q.feature_set = 'handcrafted' then 'handcrafted'
+            when q.feature_set <> 'embedding' then q.feature_set
             when m.plate_id = q.plate_id and m.parent_version is not null then 'finetuned'
             else 'base'
         end as model_role
@@ -27,7 +27,10 @@ select
     bool_or(q.is_hit) filter (where q.model_role = 'finetuned') as finetuned_hit,
     round(max(q.mean_average_precision) filter (where q.model_role = 'handcrafted'), 4) as handcrafted_map,
     max(q.q_value) filter (where q.model_role = 'handcrafted') as handcrafted_q,
-    bool_or(q.is_hit) filter (where q.model_role = 'handcrafted') as handcrafted_hit
+    bool_or(q.is_hit) filter (where q.model_role = 'handcrafted') as handcrafted_hit,
+    round(max(q.mean_average_precision) filter (where q.model_role = 'structure_given_shape'), 4) as structure_given_shape_map,
+    max(q.q_value) filter (where q.model_role = 'structure_given_shape') as structure_given_shape_q,
+    bool_or(q.is_hit) filter (where q.model_role = 'structure_given_shape') as structure_given_shape_hit
 from q
 left join drug_truth as t
     on t.plate_id = q.plate_id and t.drug = q.drug and coalesce(t.concentration, -1) = coalesce(q.concentration, -1)

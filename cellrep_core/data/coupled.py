@@ -102,10 +102,11 @@ def generate_coupled_dataset(out_dir: Path, n_cells: int = 160, seed: int = 31, 
 
 
 def generate_coupled_plate(out_dir: Path, plate_id: str, seed: int, n_dmso: int = 40, n_per_drug: int = 24,
-                           drugs: dict[str, str] | None = None, grid: int = 64) -> pd.DataFrame:
+                           drugs: dict[str, str] | None = None, grid: int = 64, screen_id: str = "") -> pd.DataFrame:
     """Write one plate of coupled cells: DMSO in B01 and one well per drug (``DEFAULT_COUPLED_DRUGS``: a
     nucleus-size-only drug, a structure-only drug and two nulls), ``manifest.csv`` and ``drug_truth.csv``
-    (plate_id, drug, planted_effect, structure_name); return the manifest."""
+    (plate_id, drug, planted_effect, structure_name); return the manifest. ``screen_id``: the plate is a
+    replicate of that screen (a ``screen_id`` manifest column)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     drugs = dict(DEFAULT_COUPLED_DRUGS if drugs is None else drugs)
@@ -126,7 +127,7 @@ def generate_coupled_plate(out_dir: Path, plate_id: str, seed: int, n_dmso: int 
             _write_cell_tiff(out_dir / f"{cell_id}.tiff", np.stack([_to_u8(nmask), _to_u8(smask)]))
             rows.append(_row(cell_id, PLATES_DATASET, "polymorphic", COUPLED_STRUCTURE,
                              CONTROL_LABEL if drug == CONTROL_DRUG else effect, ("nucleus", "structure"), cseed,
-                             plate_id=plate_id, well=well, drug=drug))
+                             plate_id=plate_id, well=well, drug=drug) | ({"screen_id": screen_id} if screen_id else {}))
     pd.DataFrame({"plate_id": plate_id, "drug": list(drugs), "planted_effect": list(drugs.values()),
                   "structure_name": COUPLED_STRUCTURE}).to_csv(out_dir / "drug_truth.csv", index=False)
-    return _write_manifest(out_dir, rows)
+    return _write_manifest(out_dir, rows, extra=("screen_id",) if screen_id else ())

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-MARKERS = {"base": "o", "finetuned": "s", "handcrafted": "^"}
+MARKERS = {"base": "o", "finetuned": "s", "handcrafted": "^", "structure_given_shape": "D"}
 
 
 def _series(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
