@@ -212,9 +212,9 @@ def generation_png(gen: dict, out: Path | None, title: str = "") -> bytes:
     rows = []
     for name in ("small", "large"):
         cell_id, ref, samples = gen[name]["example"]
-        rows.append([(cell_views({"nucleus": ref[0], "structure": s[0]}), f"draw {k + 1}")
-                     for k, s in enumerate(samples)])
-    labels = [f"{name} nucleus\n{gen[name]['example'][0]}" for name in ("small", "large")]
+        rows.append([(cell_views({"nucleus": ref[0], "structure": s[0]}),
+                      f"{cell_id}: draw {k + 1}" if k == 0 else f"draw {k + 1}") for k, s in enumerate(samples)])
+    labels = [f"{name} nucleus" for name in ("small", "large")]
     return tiles_png(rows, out, title=title or "structures generated for a small and a large nucleus",
                      row_labels=labels)
 
