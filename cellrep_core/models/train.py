@@ -268,7 +268,17 @@ def train_model(
         Path(ckpt.best_model_path).unlink()
     (out / LAST_CHECKPOINT).unlink(missing_ok=True)
     model = model.cpu().eval()
-    torch.save(model.state_dict(), out / "model.pt")
+    tmp = out / "model.pt.tmp"  # written whole, then renamed: a crash or a full disk never leaves half a model.pt
+    try:
+        torch.save(model.state_dict(), tmp)
+    except (OSError, RuntimeError) as err:
+        tmp.unlink(missing_ok=True)
+        from cellrep_core.errors import disk_full, is_disk_full
+
+        if is_disk_full(err):
+            raise disk_full(err, out / "model.pt", f"the weights of {version}") from err
+        raise
+    os.replace(tmp, out / "model.pt")
     (out / "config.json").write_text(cfg.model_dump_json(indent=2))
     metrics = {
         "train_seconds": seconds,

@@ -222,7 +222,15 @@ def write_pointclouds(results: list[dict], out_path: Path) -> None:
         }
     )
     tmp = out_path.with_suffix(".parquet.tmp")
-    pq.write_table(table, tmp)
+    try:
+        pq.write_table(table, tmp)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)  # never leave half a file behind; the partition's previous file stays
+        from cellrep_core.errors import disk_full, is_disk_full
+
+        if is_disk_full(err):
+            raise disk_full(err, out_path, f"the point clouds of {len(results)} cells") from err
+        raise
     faults.point("parquet_replace")
     os.replace(tmp, out_path)
 

@@ -165,6 +165,10 @@ class FeatureStore:
                         merge.execute(data)
                     break
                 except (OSError, RuntimeError, ValueError) as err:
+                    from cellrep_core.errors import disk_full, is_disk_full
+
+                    if is_disk_full(err):  # the commit was not made: the table is as it was
+                        raise disk_full(err, self.uri / f"{name}.lance", f"{data.num_rows} embeddings") from err
                     if attempt == MAX_COMMIT_RETRIES or not _retryable(err):
                         raise
                     self.commit_retries += 1

@@ -144,8 +144,13 @@ class Warehouse:
                     yield con
                     faults.point("duckdb_commit")
                     con.execute("COMMIT")
-                except BaseException:
-                    con.execute("ROLLBACK")
+                except BaseException as err:
+                    with contextlib.suppress(duckdb.Error):  # a failed COMMIT has already ended the transaction
+                        con.execute("ROLLBACK")
+                    from cellrep_core.errors import disk_full, is_disk_full
+
+                    if isinstance(err, duckdb.Error | OSError) and is_disk_full(err):
+                        raise disk_full(err, self.path, "a warehouse transaction") from err
                     raise
             finally:
                 con.close()
