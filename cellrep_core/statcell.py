@@ -122,15 +122,18 @@ class ShapeResidual:
             return cls(d["coef"], d["intercept"])
 
 
-def base_codes(wh: Warehouse, fs: FeatureStore, base, filters: dict, cell_ids: list[str]) -> np.ndarray:
-    """The whitened base-model codes of ``cell_ids`` (rows of the feature store matching ``filters``)."""
+def base_codes(fs: FeatureStore, base, filters: dict, vols: list[sa.CellVolumes],
+               ) -> tuple[list[sa.CellVolumes], np.ndarray, list[dict]]:
+    """The cells of ``vols`` that have a base-model code (rows of the feature store matching ``filters``), their
+    whitened codes, and a problem row for each cell without one (quarantined at the point-cloud stage)."""
     meta, vecs = fs.load({**filters, "model_version": base.version}, table=fs.table_for_dim(base.config_dim))
     pos = {c: i for i, c in enumerate(meta.cell_id)}
-    missing = [c for c in cell_ids if c not in pos]
-    if missing:
-        raise LookupError(f"{len(missing)} cells (e.g. {missing[0]}) have no embedding of {base.version}; embed "
-                          "them first")
-    return load_whitening(base.path).transform(vecs[[pos[c] for c in cell_ids]])
+    kept = [v for v in vols if v.cell_id in pos]
+    problems = [{"cell_id": v.cell_id, "source_path": "", "reason": f"no embedding of the base model {base.version} "
+                 "(quarantined at the point-cloud stage?)"} for v in vols if v.cell_id not in pos]
+    codes = load_whitening(base.path).transform(vecs[[pos[v.cell_id] for v in kept]]) if kept \
+        else np.zeros((0, 0), np.float32)
+    return kept, codes, problems
 
 
 class _Base:
@@ -184,11 +187,15 @@ def train_dataset(wh: Warehouse, fs: FeatureStore, dataset: str, base_version: s
         sa.plot_beta_sweep(sweep, report / "beta_sweep.png")
         wh.replace("statcell_beta_sweep", sweep.assign(dataset=dataset), {"dataset": dataset})
     kl.to_csv(report / "kl_per_dimension.csv", index=False)
-    # the shape residual in the base model's whitened space
+    # the shape residual in the base model's whitened space, over the cells that have a base code
     base = _base_model(wh, base_version or latest_model(wh, dataset).version)
-    ids = [v.cell_id for v in vols]
-    z_ref = embed_items(ref_m, sa.reference_items(vols))
-    codes = base_codes(wh, fs, base, {"dataset": dataset}, ids)
+    with_code, codes, missing = base_codes(fs, base, {"dataset": dataset}, vols)
+    if len(with_code) < 8:
+        raise LookupError(f"data set {dataset}: {len(with_code)} cells have an embedding of {base.version}, need "
+                          ">= 8; materialize dataset_embeddings first")
+    problems += missing
+    ids = [v.cell_id for v in with_code]
+    z_ref = embed_items(ref_m, sa.reference_items(with_code))
     resid = ShapeResidual.fit(z_ref, codes)
     version = sgs_version(pair.ref.version, base.version, ids)
     out = root / FEATURE_SET / version
@@ -252,6 +259,9 @@ def embed_plate(wh: Warehouse, fs: FeatureStore, plate_id: str, structure: str, 
     cells = cells_of(wh, PLATES_DATASET, plate_id)
     cells = cells[cells.cell_id.isin(set(cell_ids))]
     vols, problems = cell_volumes(cells, float(rec["half_extent"]), int(rec["image_size"]))
+    base = _base_model(wh, base_version)
+    vols, codes, missing = base_codes(fs, base, {"plate_id": plate_id}, vols)
+    problems += missing
     ids = [v.cell_id for v in vols]
     # this group's rows only (another group of the plate may have codes of the same version)
     key = {"dataset": PLATES_DATASET, "plate_id": plate_id, "model_version": rec["sgs_version"],
@@ -262,8 +272,6 @@ def embed_plate(wh: Warehouse, fs: FeatureStore, plate_id: str, structure: str, 
         return {"cells": 0, "skipped_cells": len(problems)}
     ref_m = load_model(Path(rec["ref_path"]))
     z_ref = embed_items(ref_m, sa.reference_items(vols))
-    base = _base_model(wh, base_version)
-    codes = base_codes(wh, fs, base, {"plate_id": plate_id}, ids)
     r = ShapeResidual.load(Path(rec["sgs_path"]) / "residual.npz").transform(z_ref, codes)
     ci = cells.set_index("cell_id")
     meta = pd.DataFrame({"cell_id": ids, "dataset": PLATES_DATASET, "plate_id": plate_id,

@@ -176,6 +176,12 @@ def test_statcell_asset_profiles_plates_beside_the_other_feature_sets(home, tmp_
     materialize(wh, next(m for m in load_models() if m.name == "drug_hits_compare"))
     side = wh.query("SELECT * FROM drug_hits_compare WHERE plate_id = 'cp1' ORDER BY drug")
     assert side.structure_given_shape_q.notna().all() and side.base_q.notna().all()
+    # a plate whose base model is not the one the residual was fitted on is told how to refit, not mis-profiled
+    from cellrep_core import statcell
+
+    res = statcell.embed_plate(wh, fs, "cp1", COUPLED_STRUCTURE, list(s.drug), "coupled", "sdf_tiny-other")
+    assert "was fitted on base" in res["skipped"] and "`cellrep statcell coupled` refits it" in res["skipped"]
+    assert statcell.plate_versions(wh, "cp1", "coupled", "sdf_tiny-other") == []
     # re-running a plate's embeddings and q-values duplicates nothing
     _materialize(inst, dg.AssetSelection.assets("plate_embeddings", "plate_qvalues"), partition_key="cp1",
                  run_config={"ops": {"plate_qvalues": {"config": {"null_size": 200}}}})
