@@ -73,9 +73,9 @@ def embed_file(path: Path, channels: str = "", shape_type: str = "polymorphic",
     cloud ``.npy`` ``[n, 3]`` (surface points, polymorphic) / ``[n, 4]`` (x, y, z, intensity, punctate)
     in the model's normalised coordinates. Returns (code, model version)."""
     from cellrep_core import pipeline
-    from cellrep_core.models.data import CloudItem
     from cellrep_core.models.train import embed_items, load_model
     from cellrep_core.pointclouds.build import SamplingConfig, process_cell
+    from cellrep_core.pointclouds.items import CloudItem
 
     path = Path(path)
     if not path.is_file():

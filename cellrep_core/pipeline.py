@@ -5,7 +5,6 @@ Dagster assets call these and nothing else; a notebook can call them the same wa
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,14 @@ from cellrep_core.pointclouds.build import SamplingConfig, build_pointclouds, re
 from cellrep_core.profiling.features import HANDCRAFTED_FEATURES
 from cellrep_core.profiling.mapping import drug_map_qvalues
 from cellrep_core.profiling.screen import SCREEN_NULL_SIZE, fisher_combine, screen_map_qvalues
+from cellrep_core.registry import (  # noqa: F401 - the registry's lookups, used by the stages and assets as pipeline.*
+    _trained_model,
+    latest_model,
+    model_by_version,
+    plate_models,
+    plate_structures,
+    register_model,
+)
 from cellrep_core.store.feature_store import FeatureStore
 from cellrep_core.store.warehouse import Warehouse
 from cellrep_core.structures import DEFAULT_BASE
@@ -149,29 +156,6 @@ def pointclouds(
     }
 
 
-def register_model(wh: Warehouse, tm: TrainedModel, dataset: str, plate_id: str = "", structure_name: str = "") -> None:
-    """Record a model version with its lineage in the ``models`` table (``structure_name``: the structure group
-    a plate's fine-tuned model was trained on)."""
-    lin = read_lineage(tm.path)
-    row = pd.DataFrame(
-        [
-            {
-                "model_name": tm.name,
-                "model_version": tm.version,
-                "parent_version": lin.get("parent_version"),
-                "dataset": dataset,
-                "plate_id": plate_id,
-                "path": str(tm.path),
-                "config_json": tm.config.model_dump_json(),
-                "data_hash": lin.get("data_hash"),
-                "metrics_json": json.dumps(lin.get("metrics", {})),
-                "structure_name": structure_name,
-            }
-        ]
-    )
-    wh.upsert("models", row, on=["model_version"])
-
-
 FINETUNE_EPOCHS = 3
 FINETUNE_LR_SCALE = 0.5
 
@@ -195,40 +179,6 @@ def finetune_plate(wh: Warehouse, plate_id: str, base: TrainedModel, max_epochs:
     cfg = finetune_config(base.config, max_epochs=max_epochs, lr_scale=lr_scale)
     return train(wh, PLATES_DATASET, plate_id, cfg, plate_id=plate_id, parent=base, force=force,
                  cell_ids=cell_ids, structure_name=structure or "")
-
-
-def plate_structures(wh: Warehouse, plate_id: str) -> list[str]:
-    """The structure groups of a plate that have cells and a fine-tuned model, in name order (``""``: a model from
-    before structure groups)."""
-    from cellrep_core.structures import plate_groups
-
-    df = wh.query("SELECT DISTINCT coalesce(structure_name, '') s FROM models WHERE dataset = ? AND plate_id = ? "
-                  "ORDER BY s", [PLATES_DATASET, plate_id])
-    present = plate_groups(wh, plate_id)
-    return [s for s in df.s if s == "" or s in present]
-
-
-def plate_models(wh: Warehouse, plate_id: str, structure: str | None = None) -> tuple[TrainedModel, TrainedModel]:
-    """The (base, fine-tuned) model pair of a plate (of one structure group): its latest fine-tuned version and
-    that version's parent. Without ``structure`` the plate must have one structure group."""
-    if structure is None:
-        groups = plate_structures(wh, plate_id)
-        if len(groups) > 1:
-            raise LookupError(f"plate {plate_id} has models for several structures {groups}; name one")
-        structure = groups[0] if groups else None
-    if structure is None:
-        ft = latest_model(wh, PLATES_DATASET, plate_id=plate_id)
-    else:
-        df = wh.query("SELECT * FROM models WHERE dataset = ? AND plate_id = ? AND coalesce(structure_name, '') = ? "
-                      "ORDER BY trained_at DESC LIMIT 1", [PLATES_DATASET, plate_id, structure])
-        if df.empty:
-            raise LookupError(f"no fine-tuned model of structure {structure} on plate {plate_id}; materialize "
-                              "plate_model first")
-        ft = _trained_model(df.iloc[0])
-    parent = read_lineage(ft.path).get("parent_version")
-    if not parent:
-        raise LookupError(f"model {ft.version} of plate {plate_id} has no parent version in {ft.path}/lineage.json")
-    return model_by_version(wh, parent), ft
 
 
 def train(
@@ -256,35 +206,6 @@ def train(
     )
     register_model(wh, tm, dataset, plate_id, structure_name)
     return tm
-
-
-def latest_model(wh: Warehouse, dataset: str, plate_id: str = "", model_name: str | None = None) -> TrainedModel:
-    """The most recently trained model version of a data set (and plate), optionally of one config name."""
-    sql = "SELECT * FROM models WHERE dataset = ? AND plate_id = ?"
-    params: list = [dataset, plate_id]
-    if model_name:
-        sql += " AND model_name = ?"
-        params.append(model_name)
-    df = wh.query(sql + " ORDER BY trained_at DESC LIMIT 1", params)
-    if df.empty:
-        what = f"{model_name or 'model'} for {dataset}" + (f" plate {plate_id}" if plate_id else "")
-        raise LookupError(f"no trained {what}; materialize the model asset first")
-    return _trained_model(df.iloc[0])
-
-
-def model_by_version(wh: Warehouse, model_version: str) -> TrainedModel:
-    """A registered model version."""
-    df = wh.query("SELECT * FROM models WHERE model_version = ?", [model_version])
-    if df.empty:
-        raise LookupError(f"model version {model_version} is not in the models table")
-    return _trained_model(df.iloc[0])
-
-
-def _trained_model(r: pd.Series) -> TrainedModel:
-    return TrainedModel(
-        r.model_name, r.model_version, Path(r.path), ModelConfig.model_validate_json(r.config_json),
-        json.loads(r.metrics_json),
-    )
 
 
 def embed(

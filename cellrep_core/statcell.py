@@ -142,7 +142,7 @@ class _Base:
 
 
 def _base_model(wh: Warehouse, version: str) -> _Base:
-    from cellrep_core.pipeline import model_by_version
+    from cellrep_core.registry import model_by_version
 
     tm = model_by_version(wh, version)
     return _Base(tm.version, tm.path, int(load_whitening(tm.path).mean.shape[0]))
@@ -154,7 +154,8 @@ def train_dataset(wh: Warehouse, fs: FeatureStore, dataset: str, base_version: s
                   image_size: int = DEFAULT_IMAGE_SIZE, force: bool = False) -> dict:
     """Train the stacked beta-VAE on a data set's cells, run the analyses, fit the shape residual on its base
     model's codes (``base_version``, default its latest model) and record everything in ``statcell_models``."""
-    from cellrep_core.pipeline import cells_of_dataset, latest_model
+    from cellrep_core.pipeline import cells_of_dataset
+    from cellrep_core.registry import latest_model
 
     t0 = time.perf_counter()
     cells = cells_of_dataset(wh, dataset)

@@ -25,8 +25,8 @@ from cellrep_core.metrics.benchmark import (
 from cellrep_core.metrics.plots import summary_scores, write_reports
 from cellrep_core.metrics.rotation import random_rotations, rotate_points
 from cellrep_core.models.config import get_config
-from cellrep_core.models.data import CloudItem
 from cellrep_core.models.zoo import build_model
+from cellrep_core.pointclouds.items import CloudItem
 from cellrep_core.pointclouds.sdf import query_grid
 
 # ------------------------------------------------------------------------------------ compactness

@@ -11,7 +11,6 @@ from scipy.spatial.transform import Rotation
 
 from cellrep_core.metrics.rotation import random_rotations, relative_error, rotate_points, z90_rotations
 from cellrep_core.models.config import get_config
-from cellrep_core.models.data import CloudItem
 from cellrep_core.models.image import (
     ImageAutoencoder,
     ImageDataset,
@@ -22,6 +21,7 @@ from cellrep_core.models.image import (
 )
 from cellrep_core.models.train import embed_items, embed_points, load_model, train_model
 from cellrep_core.models.zoo import make_dataset, model_inputs
+from cellrep_core.pointclouds.items import CloudItem
 from cellrep_core.pointclouds.sdf import query_grid
 
 AXIS_90 = Rotation.from_euler("xyz", np.eye(3) * 90, degrees=True).as_matrix()  # 90° about x, y, z

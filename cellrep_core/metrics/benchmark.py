@@ -25,9 +25,9 @@ from torch.utils.data import default_collate
 
 from cellrep_core.metrics.end_to_end import TurnedClouds, end_to_end_invariance
 from cellrep_core.metrics.rotation import random_rotations, rotation_invariance_error, z90_rotations
-from cellrep_core.models.data import CloudItem
 from cellrep_core.models.train import EMBED_DRAWS, device_accelerator, embed_items, embed_points
 from cellrep_core.models.zoo import make_dataset, model_inputs, n_draws
+from cellrep_core.pointclouds.items import CloudItem
 
 COLUMNS = ["metric", "value", "std", "n", "note"]
 INTERPOLATION_STEPS = tuple(np.round(np.arange(0.1, 1.0, 0.1), 1))

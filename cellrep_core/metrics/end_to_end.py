@@ -48,9 +48,9 @@ from scipy.spatial.transform import Rotation
 
 from cellrep_core.data.cells import parse_channels, read_cell_image, write_cell_tiff
 from cellrep_core.metrics.rotation import relative_error
-from cellrep_core.models.data import CloudItem
 from cellrep_core.models.train import EMBED_DRAWS, embed_items
 from cellrep_core.pointclouds.build import SamplingConfig, process_cell
+from cellrep_core.pointclouds.items import CloudItem
 
 N_CELLS = 8
 N_ROTATIONS = 2

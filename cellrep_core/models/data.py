@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from cellrep_core.models.config import ModelConfig
+from cellrep_core.pointclouds.items import CloudItem
 from cellrep_core.pointclouds.punctate import training_sample
 from cellrep_core.pointclouds.sdf import query_grid
-
-
-@dataclass
-class CloudItem:
-    """One cell's stored cloud: dense punctate points ``[n, 4]`` or surface points ``[n, 3]`` + SDF grid; for the
-    beta-VAEs of ``models/statcell.py`` instead masks in the nucleus frame ``volume [C, S, S, S]`` and a
-    ``condition`` vector (``points`` empty)."""
-
-    cell_id: str
-    points: np.ndarray
-    sdf: np.ndarray | None = None
-    volume: np.ndarray | None = None
-    condition: np.ndarray | None = None
 
 
 def cell_seed(cell_id: str, seed: int = 0) -> int:

@@ -42,8 +42,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from cellrep_core.models.config import ModelConfig
-from cellrep_core.models.data import CloudItem
 from cellrep_core.models.vn import rotation_from_vectors
+from cellrep_core.pointclouds.items import CloudItem
 
 # Punctate clouds are in crop voxels about the nuclear centroid; the synthetic nuclei reach ~27 voxels
 # and the SDF box uses the same default half extent (pointclouds.build.SamplingConfig.half_extent_vox).

@@ -36,7 +36,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from cellrep_core.models.config import ModelConfig
-from cellrep_core.models.data import CloudItem
+from cellrep_core.pointclouds.items import CloudItem
 
 # ------------------------------------------------------------------------------------------ frame
 

@@ -20,10 +20,10 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, DistributedSampler
 
 from cellrep_core.models.config import ModelConfig
-from cellrep_core.models.data import CloudItem
 from cellrep_core.models.module import PointCloudAutoencoder
 from cellrep_core.models.vn import compiled_edges
 from cellrep_core.models.zoo import build_model, make_dataset, model_class, model_inputs, n_draws
+from cellrep_core.pointclouds.items import CloudItem
 
 log = logging.getLogger(__name__)
 

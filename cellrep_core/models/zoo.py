@@ -25,7 +25,8 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from cellrep_core.models.config import ModelConfig
-from cellrep_core.models.data import CloudDataset, CloudItem, fixed_points
+from cellrep_core.models.data import CloudDataset, fixed_points
+from cellrep_core.pointclouds.items import CloudItem
 
 
 def model_class(cfg: ModelConfig) -> type[L.LightningModule]:

@@ -21,7 +21,7 @@ from scipy import ndimage
 from cellrep_core import faults
 from cellrep_core.errors import CellInputError, CorruptFileError
 from cellrep_core.ingest import QUARANTINE_COLUMNS, quarantine_row, validate_cell
-from cellrep_core.models.data import CloudItem
+from cellrep_core.pointclouds.items import CloudItem
 from cellrep_core.pointclouds.punctate import MAX_EXPONENT, SMOOTH_SIGMA, intensity_sample
 from cellrep_core.pointclouds.sdf import sdf_pointcloud
 from cellrep_core.profiling.features import HANDCRAFTED_FEATURES, handcrafted_features
