@@ -8,7 +8,7 @@ CELLREP_HOME ?= $(CURDIR)/.cellrep
 export CELLREP_HOME
 
 .PHONY: install demo test ui lint clean bench-sdf bench-search bench-image bench-train bench-plates bench-screen \
-	bench-mixed bench-pyg bench-faults bench-ticks bench-statcell
+	bench-mixed bench-pyg bench-faults bench-ticks bench-statcell bench-load
 
 $(STAMP): pyproject.toml
 	@command -v gfortran >/dev/null 2>&1 || { \
@@ -69,6 +69,12 @@ bench-statcell: $(STAMP)
 	rm -rf $(CURDIR)/.cellrep-bench-statcell
 	CELLREP_HOME=$(CURDIR)/.cellrep-bench-statcell DAGSTER_HOME=$(CURDIR)/.cellrep-bench-statcell/dagster \
 	  $(PY) benchmarks/bench_statcell.py
+
+# 20 plates dropped at once under the running daemon (cellrep ui), `cellrep sql` readers polling meanwhile
+bench-load: $(STAMP)
+	rm -rf $(CURDIR)/.cellrep-bench-load
+	CELLREP_HOME=$(CURDIR)/.cellrep-bench-load DAGSTER_HOME=$(CURDIR)/.cellrep-bench-load/dagster \
+	  $(PY) benchmarks/bench_load.py
 
 # cellrep's dense EdgeConv against torch-geometric's on the same graph and weights
 bench-pyg: $(STAMP)

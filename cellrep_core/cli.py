@@ -18,21 +18,32 @@ from cellrep_core.store.warehouse import Warehouse
 from cellrep_core.structures import KIND_OF_SHAPE
 
 
-def connect_readonly(with_embeddings: bool = True, as_of: datetime | None = None) -> duckdb.DuckDBPyConnection:
+def embedding_tables(as_of: datetime | None = None) -> dict:
+    """The LanceDB embedding tables as Arrow tables, as they are now or as they were at ``as_of``."""
+    out = {}
+    if paths.lancedb_path().exists():
+        fs = FeatureStore()
+        for name in fs.table_names():
+            try:
+                out[name] = fs.open_table(name, as_of=as_of).to_arrow()
+            except LookupError:  # the table did not exist yet at as_of: it was empty then
+                out[name] = fs.db.open_table(name).schema.empty_table()
+    return out
+
+
+def connect_readonly(with_embeddings: bool = True, as_of: datetime | None = None,
+                     tables: dict | None = None) -> duckdb.DuckDBPyConnection:
     """Read-only DuckDB connection to the warehouse with the LanceDB embedding tables visible as views
-    (vectors as ``FLOAT[d]``), as they are now or as they were at ``as_of``."""
+    (vectors as ``FLOAT[d]``), as they are now or as they were at ``as_of`` (``tables``: already read). Open and
+    use it inside ``Warehouse().shared_lock()``, as ``run_sql`` does."""
     wh = Warehouse()
     if not wh.path.exists():
         with wh.write():
             pass
     con = duckdb.connect(str(wh.path), read_only=True)
-    if with_embeddings and paths.lancedb_path().exists():
-        fs = FeatureStore()
-        for name in fs.table_names():
-            try:
-                con.register(name, fs.open_table(name, as_of=as_of).to_arrow())
-            except LookupError:  # the table did not exist yet at as_of: it was empty then
-                con.register(name, fs.db.open_table(name).schema.empty_table())
+    if with_embeddings:
+        for name, arrow in (embedding_tables(as_of) if tables is None else tables).items():
+            con.register(name, arrow)
     # the SQL surface reads the warehouse and the embedding tables only: no files (COPY ... TO, read_csv, glob,
     # ATTACH), no extensions, and a query cannot switch that back on
     for setting in ("enable_external_access = false", "autoinstall_known_extensions = false",
@@ -42,8 +53,17 @@ def connect_readonly(with_embeddings: bool = True, as_of: datetime | None = None
 
 
 def run_sql(sql: str, fmt: str = "table", out: Path | None = None, as_of: datetime | None = None) -> pd.DataFrame:
-    """Run read-only SQL; writes fail with a clear message. ``as_of`` reads the embeddings as of a date."""
-    con = connect_readonly(as_of=as_of)
+    """Run read-only SQL; writes fail with a clear message. ``as_of`` reads the embeddings as of a date. The query
+    runs under the warehouse's shared lock: it waits for a commit in progress instead of failing on DuckDB's file
+    lock, and a writer waits for it."""
+    tables = embedding_tables(as_of)  # read before taking the lock: writers wait only for the query itself
+    wh = Warehouse()
+    with wh.shared_lock():
+        return _run_sql_locked(sql, fmt, out, as_of, tables)
+
+
+def _run_sql_locked(sql: str, fmt: str, out: Path | None, as_of: datetime | None, tables: dict) -> pd.DataFrame:
+    con = connect_readonly(as_of=as_of, tables=tables)
     try:
         df = con.execute(sql).df()
     except duckdb.PermissionException as err:

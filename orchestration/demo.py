@@ -17,39 +17,51 @@ LOG_LEVEL = os.environ.get("CELLREP_LOG_LEVEL", "WARNING")
 DEMO_SCREEN = {"screen_id": "demo", "seed": 101, "concentrations": (0.3, 1.0, 3.0), "replicates": 2,
                "n_per_well": 8, "n_dmso_wells": 6, "n_bad": 2}
 
-DAGSTER_YAML = """\
-# cellrep's Dagster instance: the training pool "gpu" runs one step at a time.
-concurrency:
-  pools:
-    default_limit: 1
-telemetry:
-  enabled: false
-nux:
-  enabled: false
-# progress of long stages (cellrep_core.progress) and the library's own log lines go into the run log
-python_logs:
-  python_log_level: INFO
-  managed_python_loggers:
-    - cellrep_core
+DAGSTER_YAML_HEADER = """\
+# cellrep's Dagster instance: the training pool "gpu" runs one step at a time; the daemon starts at most
+# concurrency.runs.max_concurrent_runs runs at a time (orchestration/demo.py: max_concurrent_runs); progress of long
+# stages (cellrep_core.progress) and the library's own log lines go into the run log; no first-visit modal.
 """
+
+
+def max_concurrent_runs() -> int:
+    """Runs the daemon starts at a time: ``$CELLREP_MAX_RUNS``, else one per two cores and at least 2. Each run
+    process holds ~0.8 GB; Dagster's default of 10 on a 2-core machine had 10 runs (~9 GB) thrash for 7 minutes
+    without finishing a plate (``benchmarks/bench_load.py``)."""
+    env = os.environ.get("CELLREP_MAX_RUNS", "").strip()
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise ValueError(f"CELLREP_MAX_RUNS={env!r}: expected a positive whole number of runs")
+        return int(env)
+    return max(2, (os.cpu_count() or 2) // 2)
+
+
+def instance_config(existing: dict | None = None) -> dict:
+    """cellrep's dagster.yaml settings over ``existing`` (a home from before keeps what it has and gets what it
+    lacks)."""
+    cfg = dict(existing or {})
+    conc = cfg.setdefault("concurrency", {}) or {}
+    cfg["concurrency"] = conc
+    conc.setdefault("pools", {}).setdefault("default_limit", 1)
+    if "max_concurrent_runs" not in (cfg.get("run_queue") or {}):  # a user's own run_queue setting stays
+        conc.setdefault("runs", {}).setdefault("max_concurrent_runs", max_concurrent_runs())
+    cfg.setdefault("telemetry", {"enabled": False})
+    cfg.setdefault("nux", {"enabled": False})
+    cfg.setdefault("python_logs", {"python_log_level": "INFO", "managed_python_loggers": ["cellrep_core"]})
+    return cfg
 
 
 def dagster_home() -> Path:
     """Dagster instance folder (``$DAGSTER_HOME`` or ``$CELLREP_HOME/dagster``) with cellrep's dagster.yaml."""
+    import yaml
+
     home = Path(os.environ.get("DAGSTER_HOME") or paths.cellrep_home() / "dagster").resolve()
     home.mkdir(parents=True, exist_ok=True)
-    cfg = home / "dagster.yaml"
-    if not cfg.exists():
-        cfg.write_text(DAGSTER_YAML)
-    else:  # a home from before: add what it lacks (the gpu pool's limit; no first-visit modal; progress in the log)
-        text = cfg.read_text()
-        for key, block in (("concurrency:", "concurrency:\n  pools:\n    default_limit: 1\n"),
-                           ("nux:", "nux:\n  enabled: false\n"),
-                           ("python_logs:", "python_logs:\n  python_log_level: INFO\n  managed_python_loggers:\n"
-                                            "    - cellrep_core\n")):
-            if key not in text:
-                text = text.rstrip("\n") + "\n" + block
-        cfg.write_text(text)
+    f = home / "dagster.yaml"
+    existing = (yaml.safe_load(f.read_text()) or {}) if f.exists() else {}
+    cfg = instance_config(existing)
+    if cfg != existing or not f.exists():
+        f.write_text(DAGSTER_YAML_HEADER + yaml.safe_dump(cfg, sort_keys=False))
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 

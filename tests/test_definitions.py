@@ -1,6 +1,7 @@
 """The Dagster code location: every stage is an asset, plates are dynamic partitions, training is pooled."""
 
 import dagster as dg
+import pytest
 
 from orchestration.definitions import defs
 
@@ -35,3 +36,30 @@ def test_sensors_run_by_default():
         assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     auto = next(s for s in defs.sensors if s.name == "plates_automation_sensor")
     assert isinstance(auto, dg.AutomationConditionSensorDefinition)
+
+
+def test_instance_bounds_the_runs_it_starts_at_a_time(tmp_path, monkeypatch):
+    """dagster.yaml caps concurrent runs (Dagster's default of 10 thrashes a small machine); a home from before
+    gets the cap, a user's own run_queue setting is kept, CELLREP_MAX_RUNS overrides, and Dagster accepts it."""
+
+    import yaml
+
+    from orchestration.demo import dagster_home, instance_config, max_concurrent_runs
+
+    monkeypatch.setenv("CELLREP_MAX_RUNS", "3")
+    assert max_concurrent_runs() == 3
+    assert instance_config({})["concurrency"]["runs"]["max_concurrent_runs"] == 3
+    kept = instance_config({"run_queue": {"max_concurrent_runs": 5}})
+    assert "runs" not in kept["concurrency"] and kept["run_queue"]["max_concurrent_runs"] == 5
+    old = tmp_path / "dagster"
+    old.mkdir()
+    (old / "dagster.yaml").write_text("concurrency:\n  pools:\n    default_limit: 1\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(old))
+    dagster_home()
+    cfg = yaml.safe_load((old / "dagster.yaml").read_text())
+    assert cfg["concurrency"] == {"pools": {"default_limit": 1}, "runs": {"max_concurrent_runs": 3}}
+    inst = dg.DagsterInstance.from_config(str(old))
+    assert inst.get_concurrency_config().run_queue_config.max_concurrent_runs == 3
+    monkeypatch.setenv("CELLREP_MAX_RUNS", "many")
+    with pytest.raises(ValueError, match="CELLREP_MAX_RUNS='many'"):
+        max_concurrent_runs()

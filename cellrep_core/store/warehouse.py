@@ -156,12 +156,20 @@ class Warehouse:
                 con.close()
 
     @contextlib.contextmanager
-    def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A read-only connection under the shared lock (creates the schema first if the file does not exist)."""
+    def shared_lock(self) -> Iterator[None]:
+        """The readers' side of the writer lock (creates the file and schema first if it does not exist): any
+        read-only DuckDB connection to the warehouse must be opened and used inside it, or a writer's commit in
+        another process makes the open fail ("Could not set lock on file")."""
         if not self.path.exists():
             with self.write():
                 pass
         with _shared_lock(str(self.path) + ".lock"):
+            yield
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only connection under the shared lock (creates the schema first if the file does not exist)."""
+        with self.shared_lock():
             con = duckdb.connect(str(self.path), read_only=True)
             try:
                 yield con
