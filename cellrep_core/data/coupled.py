@@ -25,7 +25,6 @@ import pandas as pd
 from cellrep_core.data.synthetic import (
     CONTROL_DRUG,
     CONTROL_LABEL,
-    CONTROL_WELL,
     PLATES_DATASET,
     Nucleus,
     _name_key,
@@ -34,9 +33,9 @@ from cellrep_core.data.synthetic import (
     _write_cell_tiff,
     _write_manifest,
     cell_seed,
+    plate_plan,
     polymorphic_cell,
     random_nucleus,
-    well_name,
 )
 
 COUPLED_STRUCTURE = "coupled_nucleolus"
@@ -110,13 +109,7 @@ def generate_coupled_plate(out_dir: Path, plate_id: str, seed: int, n_dmso: int 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     drugs = dict(DEFAULT_COUPLED_DRUGS if drugs is None else drugs)
-    for name, effect in drugs.items():
-        if effect not in COUPLED_EFFECTS:
-            raise ValueError(f"unknown coupled effect {effect!r} for drug {name!r}; expected one of {COUPLED_EFFECTS}")
-        if name == CONTROL_DRUG:
-            raise ValueError(f"{CONTROL_DRUG!r} is the plate control and cannot be listed among the drugs")
-    plan = [(CONTROL_DRUG, "none", CONTROL_WELL, n_dmso)]
-    plan += [(name, effect, well_name(j + 1), n_per_drug) for j, (name, effect) in enumerate(drugs.items())]
+    plan = plate_plan(drugs, COUPLED_EFFECTS, n_dmso, n_per_drug, what="coupled")
     rows = []
     for drug, effect, well, n in plan:
         key = _name_key(drug)

@@ -560,6 +560,19 @@ def well_name(index: int) -> str:
     return f"{'BCDEFG'[row]}{col + 1:02d}"
 
 
+def plate_plan(drugs: dict[str, str], effects: tuple[str, ...], n_dmso: int, n_per_drug: int, what: str = "planted",
+               ) -> list[tuple[str, str, str, int]]:
+    """A plate's wells as ``(drug, effect, well, n_cells)``: DMSO in B01, then one well per drug; an unknown
+    effect or a drug named like the control is refused by name."""
+    for name, effect in drugs.items():
+        if effect not in effects:
+            raise ValueError(f"unknown {what} effect {effect!r} for drug {name!r}; expected one of {effects}")
+        if name == CONTROL_DRUG:
+            raise ValueError(f"{CONTROL_DRUG!r} is the plate control and cannot be listed among the drugs")
+    return [(CONTROL_DRUG, "none", CONTROL_WELL, n_dmso),
+            *[(name, effect, well_name(j + 1), n_per_drug) for j, (name, effect) in enumerate(drugs.items())]]
+
+
 def generate_drug_plate(
     out_dir: Path,
     plate_id: str,
@@ -579,15 +592,9 @@ def generate_drug_plate(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     drugs = dict(DEFAULT_DRUGS if drugs is None else drugs)
-    for name, effect in drugs.items():
-        if effect not in PLANTED_EFFECTS:
-            raise ValueError(f"unknown planted effect {effect!r} for drug {name!r}; expected one of {PLANTED_EFFECTS}")
-        if name == CONTROL_DRUG:
-            raise ValueError(f"{CONTROL_DRUG!r} is the plate control and cannot be listed among the drugs")
+    plan = plate_plan(drugs, PLANTED_EFFECTS, n_dmso + n_bad, n_per_drug)
     channels = ("nucleus", "structure")
     rows: list[dict[str, Any]] = []
-    plan = [(CONTROL_DRUG, "none", CONTROL_WELL, n_dmso + n_bad)]
-    plan += [(name, effect, well_name(j + 1), n_per_drug) for j, (name, effect) in enumerate(drugs.items())]
     for drug, effect, well, n in plan:
         key = _name_key(drug)
         for i in range(n):
