@@ -135,8 +135,14 @@ def main() -> None:
         stop.touch()
         for r in readers:
             r.wait(timeout=120)
-    finally:
-        stop_group(ui.pid)
+    finally:  # Ctrl-C to `cellrep ui`, which stops Dagster's own process group; force only if it hangs
+        import signal
+
+        ui.send_signal(signal.SIGINT)
+        try:
+            ui.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            stop_group(ui.pid)
     runs = inst.get_run_records()
     by_status: dict[str, int] = {}
     for rec in runs:
