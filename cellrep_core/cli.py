@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from cellrep_core import paths
+from cellrep_core.errors import CorruptFileError
 from cellrep_core.store.feature_store import FeatureStore
 from cellrep_core.store.warehouse import Warehouse
 from cellrep_core.structures import KIND_OF_SHAPE
@@ -262,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     ss.add_argument("--n-dmso-wells", type=int, default=6)
     ss.add_argument("--no-nuisance", action="store_true", help="no batch, edge, cell-cycle, debris or "
                                                                "segmentation nuisance")
+    st = sub.add_parser("store", help="feature store upkeep: repair a LanceDB table whose data files are torn")
+    st.add_argument("store_command", choices=["repair"])
+    st.add_argument("--table", help="one embedding table (default: every one)")
     ex = sub.add_parser("explain", help="explain a drug: LDA axis against DMSO, real cells along it, DMSO-split "
                                         "baseline; writes one self-contained HTML report")
     scope = ex.add_mutually_exclusive_group(required=True)
@@ -375,6 +379,17 @@ def run(args: argparse.Namespace) -> int:
         for f in folders:
             print(f"wrote plate {f.name} of screen {args.screen_id} to {f}")
         return 0
+    if args.command == "store":
+        fs = FeatureStore()
+        tables = [args.table] if args.table else fs.table_names()
+        for t in tables:
+            if t not in fs.table_names():
+                raise ValueError(f"no embedding table {t!r}; tables: {', '.join(fs.table_names()) or 'none'}")
+            res = fs.repair(t)
+            print(f"{t}: rolled back to version {res['restored_version']} ({res['rows']} rows; torn: "
+                  f"{', '.join(res['torn_files']) or 'none found'}); materialize the embeddings again"
+                  if res["repaired"] else f"{t}: reads whole (version {res['version']}), nothing to repair")
+        return 0
     if args.command == "explain":
         path, summary = explain_command(args.screen, args.plate, args.drug, args.concentration, args.out,
                                         args.structure)
@@ -390,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except (PermissionError, LookupError, ValueError) as err:
+    except (PermissionError, LookupError, ValueError, CorruptFileError) as err:
         print(f"cellrep: {err}", file=sys.stderr)
         return 2
     except duckdb.Error as err:  # a SQL mistake (unknown table or column, syntax): DuckDB's message, no traceback

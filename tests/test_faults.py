@@ -60,3 +60,41 @@ def test_torn_cloud_file_and_checkpoint_are_named_and_repaired_by_materializing_
     again = pipeline.train(wh, "torn", "all", get_config("sdf_tiny", max_epochs=1))
     assert again.version == tm.version and not again.reused
     assert load_model(again.path) is not None
+
+
+def test_a_torn_lance_data_file_is_named_and_repaired_by_rolling_back_and_writing_again(home, capsys):
+    """A Lance data file cut short (a crash or a full disk under the writer) makes reads and writes of the table
+    fail with a CorruptFileError naming the file and the command; `cellrep store repair` rolls the table back to
+    its newest version that reads whole, and writing the lost embeddings again restores the table."""
+    import os
+
+    import numpy as np
+    import pandas as pd
+
+    from cellrep_core.cli import main as core_main
+    from cellrep_core.errors import CorruptFileError
+    from cellrep_core.store.feature_store import FeatureStore
+
+    def meta(prefix, version):
+        return pd.DataFrame({"cell_id": [f"{prefix}{i}" for i in range(40)], "dataset": "d", "plate_id": "",
+                             "drug": "", "structure_name": "", "model_name": "m", "model_version": version})
+
+    fs = FeatureStore()
+    fs.upsert(meta("a", "v1"), np.ones((40, 8), np.float32))
+    fs.upsert(meta("b", "v2"), np.full((40, 8), 2, np.float32))
+    assert fs.readable() and fs.unreadable_files() == []
+    newest = max((home / "lancedb" / "cell_embeddings.lance" / "data").glob("*.lance"), key=os.path.getmtime)
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    for call in (fs.load, lambda: fs.upsert(meta("c", "v3"), np.ones((40, 8), np.float32))):
+        with pytest.raises(CorruptFileError, match="cellrep store repair --table cell_embeddings") as err:
+            call()
+        assert str(newest) in str(err.value)
+    assert core_main(["store", "repair"]) == 0
+    assert "cell_embeddings: rolled back to version 1 (40 rows" in capsys.readouterr().out
+    m, _ = fs.load()
+    assert len(m) == 40 and set(m.model_version) == {"v1"}
+    fs.upsert(meta("b", "v2"), np.full((40, 8), 2, np.float32))  # materializing the lost embeddings again
+    m, v = fs.load()
+    assert len(m) == 80 and m.cell_id.is_unique and v[m.model_version == "v2"].min() == 2
+    assert core_main(["store", "repair"]) == 0
+    assert "reads whole" in capsys.readouterr().out

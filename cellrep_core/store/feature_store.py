@@ -26,6 +26,7 @@ from filelock import FileLock
 from lancedb.index import IvfHnswSq
 
 from cellrep_core import faults, paths
+from cellrep_core.errors import CorruptFileError
 
 TABLE = "cell_embeddings"
 META_COLUMNS = ["cell_id", "dataset", "plate_id", "drug", "structure_name", "model_name", "model_version"]
@@ -170,6 +171,9 @@ class FeatureStore:
                     if is_disk_full(err):  # the commit was not made: the table is as it was
                         raise disk_full(err, self.uri / f"{name}.lance", f"{data.num_rows} embeddings") from err
                     if attempt == MAX_COMMIT_RETRIES or not _retryable(err):
+                        corrupt = self._corrupt(name, err) if name in self.table_names() else None
+                        if corrupt is not None:
+                            raise corrupt from err
                         raise
                     self.commit_retries += 1
                     time.sleep(0.05 * (2 ** attempt) * (0.5 + np.random.random()))
@@ -289,11 +293,69 @@ class FeatureStore:
             return pd.DataFrame(columns=META_COLUMNS), np.zeros((0, 0), np.float32)
         tbl = self.open_table(table, version, as_of)
         w = where_clause(filters)
-        arrow = tbl.search().where(w).limit(None).to_arrow() if w else tbl.to_arrow()
+        try:
+            arrow = tbl.search().where(w).limit(None).to_arrow() if w else tbl.to_arrow()
+        except (OSError, RuntimeError, ValueError) as err:
+            raise (self._corrupt(table, err) or err) from err
         df = arrow.to_pandas()
         df = df.sort_values(KEY).reset_index(drop=True)
         vecs = np.stack(df.pop("vector").to_numpy()).astype(np.float32) if len(df) else np.zeros((0, 0))
         return df, vecs
+
+    def unreadable_files(self, table: str = TABLE) -> list[str]:
+        """Data files of a table that are torn: a Lance file ends with the magic ``LANC``, a file cut short by a
+        crash or a full disk does not (damage inside a file shows only when it is read: ``readable``)."""
+        out = []
+        for f in sorted((self.uri / f"{table}.lance" / "data").glob("*.lance")):
+            try:
+                with open(f, "rb") as fh:
+                    fh.seek(-4, os.SEEK_END)
+                    ok = fh.read(4) == b"LANC"
+            except OSError:
+                ok = False
+            if not ok:
+                out.append(str(f))
+        return out
+
+    def readable(self, table: str = TABLE, version: int | None = None) -> bool:
+        """Whether a table's version (default: the latest) reads whole, through a fresh connection (an open one
+        keeps file metadata it read before the damage)."""
+        try:
+            tbl = lancedb.connect(str(self.uri)).open_table(table)
+            if version is not None:
+                tbl.checkout(int(version))
+            tbl.to_arrow()
+        except (OSError, RuntimeError, ValueError):
+            return False
+        return True
+
+    def _corrupt(self, table: str, err: BaseException) -> CorruptFileError | None:
+        """A ``CorruptFileError`` naming ``table`` (and its torn files) when ``err`` came from a damaged table."""
+        torn = self.unreadable_files(table)
+        if not torn and self.readable(table):
+            return None
+        what = f"torn data file(s) {', '.join(torn)}" if torn else "its current version does not read"
+        return CorruptFileError(f"LanceDB table {table}: {what} ({err}); `cellrep store repair --table {table}` "
+                                "rolls the table back to its newest version that reads whole, then materialize the "
+                                "embeddings again (they are written back whole)")
+
+    def repair(self, table: str = TABLE) -> dict:
+        """Roll a table whose current version does not read back to its newest version that does (a new version
+        with that one's rows); the embeddings written since are written again by materializing them. A table that
+        reads whole is left as it is."""
+        with self._lock:
+            versions = sorted((int(v["version"]) for v in self.db.open_table(table).list_versions()), reverse=True)
+            if self.readable(table):
+                return {"table": table, "repaired": False, "version": versions[0]}
+            torn = self.unreadable_files(table)
+            for v in versions[1:]:
+                if self.readable(table, v):
+                    tbl = self.db.open_table(table)
+                    tbl.restore(v)
+                    return {"table": table, "repaired": True, "restored_version": v, "torn_files": torn,
+                            "rows": tbl.count_rows(), "version": int(tbl.version)}
+        raise CorruptFileError(f"LanceDB table {table}: no version reads whole (torn: {torn}); delete "
+                               f"{self.uri / (table + '.lance')} and materialize the embeddings again")
 
     def count(self, table: str = TABLE) -> int:
         """Number of rows in a table (0 when absent)."""
