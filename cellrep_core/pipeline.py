@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cellrep_core import paths
+from cellrep_core import paths, statcell
 from cellrep_core.data import synthetic
 from cellrep_core.ingest import ingest_manifest
 from cellrep_core.metrics.benchmark import benchmark_model
@@ -447,7 +447,6 @@ def profile_plate(wh: Warehouse, fs: FeatureStore, plate_id: str, null_size: int
     """q-values of one plate per structure group: each group's drugs against the DMSO cells of the same group, in
     the spaces of the group's base and fine-tuned models and the hand-crafted features; the plate's earlier
     ``drug_qvalues`` rows are replaced in one transaction."""
-    from cellrep_core import statcell
     from cellrep_core.structures import plate_groups
 
     groups = plate_groups(wh, plate_id)
@@ -534,8 +533,6 @@ def profile_screen(wh: Warehouse, fs: FeatureStore, screen_id: str, null_size: i
 def _profile_screen_structure(wh: Warehouse, fs: FeatureStore, structure: str, plates: list[str], groups: dict,
                               trained: dict, plate_rows: pd.DataFrame, null_size: int, seed: int) -> pd.DataFrame:
     """The screen rows of one structure group (``""``: plates from before structure groups)."""
-    from cellrep_core import statcell
-
     have = [p for p in plates if structure in trained[p] or (structure == "" and trained[p] <= {""})]
     pairs = {pid: plate_models(wh, pid, structure or None) for pid in have}
     cells = {pid: (groups[pid][structure]["cell_ids"] if structure in groups[pid] else None) for pid in have}

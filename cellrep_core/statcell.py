@@ -32,7 +32,7 @@ import pandas as pd
 
 from cellrep_core import paths
 from cellrep_core.analysis import statcell as sa
-from cellrep_core.models.config import get_config, variant
+from cellrep_core.models.config import get_config
 from cellrep_core.models.train import Whitening, embed_items, load_model, load_whitening
 from cellrep_core.store.feature_store import FeatureStore
 from cellrep_core.store.warehouse import Warehouse
@@ -126,7 +126,7 @@ def base_codes(fs: FeatureStore, base, filters: dict, vols: list[sa.CellVolumes]
                ) -> tuple[list[sa.CellVolumes], np.ndarray, list[dict]]:
     """The cells of ``vols`` that have a base-model code (rows of the feature store matching ``filters``), their
     whitened codes, and a problem row for each cell without one (quarantined at the point-cloud stage)."""
-    meta, vecs = fs.load({**filters, "model_version": base.version}, table=fs.table_for_dim(base.config_dim))
+    meta, vecs = fs.load({**filters, "model_version": base.version}, table=fs.table_for_dim(base.code_dim))
     pos = {c: i for i, c in enumerate(meta.cell_id)}
     kept = [v for v in vols if v.cell_id in pos]
     problems = [{"cell_id": v.cell_id, "source_path": "", "reason": f"no embedding of the base model {base.version} "
@@ -137,8 +137,8 @@ def base_codes(fs: FeatureStore, base, filters: dict, vols: list[sa.CellVolumes]
 
 
 class _Base:
-    def __init__(self, version: str, path: Path, config_dim: int) -> None:
-        self.version, self.path, self.config_dim = version, Path(path), config_dim
+    def __init__(self, version: str, path: Path, code_dim: int) -> None:
+        self.version, self.path, self.code_dim = version, Path(path), code_dim
 
 
 def _base_model(wh: Warehouse, version: str) -> _Base:
@@ -172,18 +172,18 @@ def train_dataset(wh: Warehouse, fs: FeatureStore, dataset: str, base_version: s
     root = paths.models_dir()
     pair = sa.train_statcell(vols, ref_cfg, cond_cfg, root, lineage={"dataset": dataset}, force=force)
     ref_m, cond_m, labels = sa.load_statcell(pair.ref.path, pair.cond.path)
-    coupling = sa.coupling(ref_m, cond_m, labels, vols)
-    cond = sa.conditions(ref_m, vols, labels)
+    cond = sa.conditions(ref_m, vols, labels)  # each cell's reference latent + label, computed once
+    coupling = sa.coupling(ref_m, cond_m, labels, vols, cond=cond)
     kl = sa.kl_per_dimension(cond_m, sa.structure_items(vols, cond))
     ref_kl = sa.kl_per_dimension(ref_m, sa.reference_items(vols))
-    gen = sa.conditional_generation(ref_m, cond_m, labels, vols)
+    gen = sa.conditional_generation(ref_m, cond_m, labels, vols, cond=cond)
     report = paths.reports_dir(dataset) / "statcell"
     report.mkdir(parents=True, exist_ok=True)
     sa.generation_png(gen, report / "generation.png", title=f"{dataset}: structures generated for a small and a "
                       "large nucleus")
     sweep = pd.DataFrame()
     if betas:
-        sweep = sa.beta_sweep(vols, pair.ref, variant(cond_cfg), labels, list(betas), root,
+        sweep = sa.beta_sweep(vols, pair.ref, cond_cfg, labels, list(betas), root,
                               lineage={"dataset": dataset})
         sa.plot_beta_sweep(sweep, report / "beta_sweep.png")
         wh.replace("statcell_beta_sweep", sweep.assign(dataset=dataset), {"dataset": dataset})
@@ -196,7 +196,8 @@ def train_dataset(wh: Warehouse, fs: FeatureStore, dataset: str, base_version: s
                           ">= 8; materialize dataset_embeddings first")
     problems += missing
     ids = [v.cell_id for v in with_code]
-    z_ref = embed_items(ref_m, sa.reference_items(with_code))
+    row_of = {v.cell_id: i for i, v in enumerate(vols)}
+    z_ref = cond[[row_of[c] for c in ids], : ref_m.cfg.latent_dim]
     resid = ShapeResidual.fit(z_ref, codes)
     version = sgs_version(pair.ref.version, base.version, ids)
     out = root / FEATURE_SET / version
@@ -237,9 +238,11 @@ def train_dataset(wh: Warehouse, fs: FeatureStore, dataset: str, base_version: s
 
 def record(wh: Warehouse, dataset: str) -> dict | None:
     """The ``statcell_models`` row of a data set, or None."""
+    import duckdb
+
     try:
         df = wh.query("SELECT * FROM statcell_models WHERE dataset = ?", [dataset])
-    except Exception:  # noqa: BLE001 - the table does not exist before the first training
+    except duckdb.CatalogException:  # a warehouse last written before the table existed
         return None
     return None if df.empty else df.iloc[0].to_dict()
 

@@ -134,11 +134,12 @@ def kl_per_dimension(model: StatCellVAE, items: list[CloudItem]) -> pd.DataFrame
 
 
 def coupling(ref_model: StatCellVAE, cond_model: StatCellVAE, labels: list[str], cells: list[CellVolumes],
-             n_shuffles: int = 5, seed: int = 0) -> dict[str, float]:
+             n_shuffles: int = 5, seed: int = 0, cond: np.ndarray | None = None) -> dict[str, float]:
     """How much of the structure the reference explains: the conditional model's mean reconstruction NLL per
     cell with each cell's own reference latent against the same with the reference latents shuffled among the
-    cells (labels kept; mean over ``n_shuffles`` permutations). ``relative_gain`` = 1 - true / shuffled."""
-    cond = conditions(ref_model, cells, labels)
+    cells (labels kept; mean over ``n_shuffles`` permutations). ``relative_gain`` = 1 - true / shuffled.
+    ``cond``: the cells' conditions when already computed."""
+    cond = conditions(ref_model, cells, labels) if cond is None else cond
     d_ref = ref_model.cfg.latent_dim
     true = per_cell_terms(cond_model, structure_items(cells, cond))["recon"].mean()
     rng = np.random.default_rng(seed)
@@ -160,7 +161,7 @@ def beta_sweep(cells: list[CellVolumes], ref: TrainedModel, cond_cfg: ModelConfi
     ref_model = load_model(ref.path)
     cond = conditions(ref_model, cells, labels)
     ev = eval_cells or cells
-    ev_cond = conditions(ref_model, ev, labels)
+    ev_cond = cond if eval_cells is None else conditions(ref_model, ev, labels)
     rows = []
     for b in betas:
         cfg = variant(cond_cfg, beta=float(b), cond_dim=cond.shape[1], n_labels=len(labels),
@@ -178,12 +179,12 @@ def beta_sweep(cells: list[CellVolumes], ref: TrainedModel, cond_cfg: ModelConfi
 
 def conditional_generation(ref_model: StatCellVAE, cond_model: StatCellVAE, labels: list[str],
                            cells: list[CellVolumes], n_samples: int = 16, quantile: float = 0.2, seed: int = 0,
-                           ) -> dict:
+                           cond: np.ndarray | None = None) -> dict:
     """Structures generated for the cells with the smallest and the largest nuclei (bottom / top ``quantile`` of
     reference volume): for each group, ``n_samples`` prior draws decoded under every cell's own condition; the
     mean generated structure volume (voxels with probability > 0.5, and the sum of the probabilities, in frame
-    voxels) against the real one."""
-    cond = conditions(ref_model, cells, labels)
+    voxels) against the real one. ``cond``: the cells' conditions when already computed."""
+    cond = conditions(ref_model, cells, labels) if cond is None else cond
     ref_vol = np.array([c.reference[0].sum() for c in cells])
     real = np.array([c.structure.sum() for c in cells])
     lo, hi = np.quantile(ref_vol, [quantile, 1 - quantile])
