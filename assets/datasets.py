@@ -13,12 +13,14 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
+from assets.resources import FeatureStoreResource, WarehouseResource
 from cellrep_core import datasets, pipeline, statcell
 from cellrep_core.models.config import variant
 from cellrep_core.pointclouds.build import SamplingConfig
 from cellrep_core.structures import KIND_OF_SHAPE
-from orchestration.partitions import datasets_partitions
-from orchestration.resources import FeatureStoreResource, WarehouseResource
+
+# one dynamic partition per registered data set
+datasets_partitions = dg.DynamicPartitionsDefinition(name="datasets")
 
 
 def dataset_automation() -> dg.AutomationCondition:

@@ -4,8 +4,8 @@ import dagster as dg
 
 from assets.plates import plate_embeddings
 from assets.reference import reference_asset_defs
+from assets.resources import FeatureStoreResource
 from cellrep_core.store.feature_store import ANN_MIN_ROWS
-from orchestration.resources import FeatureStoreResource
 
 _embedding_keys = [a.key for a in reference_asset_defs if a.key.path[-1].endswith("_embeddings")]
 

@@ -7,12 +7,14 @@ import time
 import dagster as dg
 import pandas as pd
 
+from assets.resources import FeatureStoreResource, WarehouseResource
 from cellrep_core import paths, pipeline, statcell, structures
 from cellrep_core.data.cells import read_manifest
 from cellrep_core.pipeline import PLATES_DATASET
 from cellrep_core.store.warehouse import Warehouse
-from orchestration.partitions import plates_partitions
-from orchestration.resources import FeatureStoreResource, WarehouseResource
+
+# one dynamic partition per drug plate
+plates_partitions = dg.DynamicPartitionsDefinition(name="plates")
 
 BASE_DATASET = "synthetic_polymorphic"
 BASE_MODEL = dg.AssetKey(f"{BASE_DATASET}_model")

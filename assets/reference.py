@@ -5,10 +5,10 @@ from pathlib import Path
 
 import dagster as dg
 
+from assets.resources import FeatureStoreResource, WarehouseResource
 from cellrep_core import paths, pipeline
 from cellrep_core.analysis.representation import SHAPE_FEATURES
 from cellrep_core.pipeline import REFERENCE, ReferenceSpec
-from orchestration.resources import FeatureStoreResource, WarehouseResource
 
 DEFAULT_SIZES = {"synthetic_punctate": 25, "synthetic_polymorphic": 200}
 DEFAULT_SEEDS = {"synthetic_punctate": 0, "synthetic_polymorphic": 1}

@@ -8,10 +8,10 @@ import pandas as pd
 
 from assets.plates import plate_qvalues
 from assets.reference import _png_md
+from assets.resources import FeatureStoreResource, WarehouseResource
 from assets.sql_models import sql_automation
 from cellrep_core import paths, pipeline
 from cellrep_core.profiling.screen import SCREEN_NULL_SIZE
-from orchestration.resources import FeatureStoreResource, WarehouseResource
 
 
 class ScreenProfileConfig(dg.Config):
@@ -165,7 +165,7 @@ def hit_explanations(context: dg.AssetExecutionContext, config: HitExplanationCo
                       "phenotype_enrichment).")
 def phenotype_enrichment(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                          feature_store: FeatureStoreResource) -> dg.MaterializeResult:
-    from cellrep_core.profiling.phenotypes import screen_phenotypes
+    from cellrep_core.analysis.phenotypes import screen_phenotypes
     from cellrep_core.profiling.plots import enrichment_plot, pr_curves_plot
 
     wh, fs = warehouse.get(), feature_store.get()

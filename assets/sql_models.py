@@ -5,9 +5,9 @@ from pathlib import Path
 
 import dagster as dg
 
+from assets.resources import FeatureStoreResource, WarehouseResource
 from cellrep_core import sqlmodels
 from cellrep_core.pipeline import REFERENCE
-from orchestration.resources import FeatureStoreResource, WarehouseResource
 
 _REF = list(REFERENCE)
 # warehouse tables → the assets that write them

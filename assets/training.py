@@ -13,10 +13,10 @@ from pathlib import Path
 
 import dagster as dg
 
+from assets.ddp_worker import MODULE
 from cellrep_core import paths, pipeline
 from cellrep_core.models.ddp import distributed_command, write_request
 from cellrep_core.models.train import TrainedModel
-from orchestration.ddp_worker import MODULE
 
 
 def train_distributed(context: dg.AssetExecutionContext, wh, dataset: str, partition: str, cfg, processes: int,

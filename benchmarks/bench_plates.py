@@ -35,7 +35,7 @@ def _write_plate(pid: str, seed: int, args: argparse.Namespace) -> None:
 
 
 def _add_partitions(inst: dg.DagsterInstance, pids: list[str]) -> None:
-    from orchestration.sensors import landing_plates_sensor
+    from assets.plate_landing import landing_plates_sensor
 
     res = landing_plates_sensor(dg.build_sensor_context(instance=inst))
     added = [k for r in res.dynamic_partitions_requests for k in r.partition_keys]
@@ -80,8 +80,8 @@ def sequential_plate(inst: dg.DagsterInstance, cursor, pid: str, seed: int, args
 
 def _child(home: str, pid: str, queue) -> None:
     os.environ["CELLREP_HOME"] = home
+    from assets.plate_landing import PLATE_ASSETS
     from orchestration.demo import _materialize, instance
-    from orchestration.sensors import PLATE_ASSETS
 
     t0 = time.perf_counter()
     try:

@@ -24,10 +24,10 @@ def measure(n: int, root: Path) -> dict:
     home = root / f"n{n}"
     os.environ["CELLREP_HOME"] = str(home)
     os.environ["DAGSTER_HOME"] = str(home / "dagster")
+    from assets.plate_landing import scan_landing
+    from assets.plates import plates_partitions
     from orchestration.definitions import defs
     from orchestration.demo import dagster_home
-    from orchestration.partitions import plates_partitions
-    from orchestration.sensors import scan_landing
 
     dagster_home()
     inst = dg.DagsterInstance.get()

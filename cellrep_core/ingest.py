@@ -10,12 +10,14 @@ import pandas as pd
 from cellrep_core import paths
 from cellrep_core.data.cells import (
     MANIFEST_COLUMNS,
+    QUARANTINE_COLUMNS,
     parse_voxel_size,
+    quarantine_row,
     read_cell_image,
     read_fov_images,
     read_manifest,
-    validate_polymorphic,
-    validate_punctate,
+    structure_key,
+    validate_cell_arrays,
     write_cell_tiff,
 )
 from cellrep_core.data.fov import resample_cell, split_fov
@@ -23,7 +25,6 @@ from cellrep_core.errors import CellInputError
 
 # a cell row is a manifest row whose path has been resolved and checked
 CELL_COLUMNS = ["source_path" if c == "path" else c for c in MANIFEST_COLUMNS]
-QUARANTINE_COLUMNS = ["cell_id", "dataset", "plate_id", "stage", "reason", "detail", "source_path"]
 
 
 @dataclass
@@ -32,19 +33,6 @@ class IngestResult:
 
     cells: pd.DataFrame
     quarantine: pd.DataFrame
-
-
-def quarantine_row(err: CellInputError, dataset: str, plate_id: str) -> dict:
-    """A quarantine table row from a cell error."""
-    return {
-        "cell_id": err.cell_id,
-        "dataset": dataset,
-        "plate_id": plate_id,
-        "stage": err.stage,
-        "reason": err.reason,
-        "detail": err.detail,
-        "source_path": err.path,
-    }
 
 
 def resolve_path(manifest_dir: Path, rel: str, cell_id: str, data_root: Path | None = None) -> Path:
@@ -67,25 +55,6 @@ def resolve_path(manifest_dir: Path, rel: str, cell_id: str, data_root: Path | N
             "manifest's folder or pass --data-root",
         )
     return p
-
-
-def validate_cell(path: Path, channels: list[str], shape_type: str, cell_id: str):
-    """Read and validate one cell's images; returns the arrays the sampler needs."""
-    return validate_cell_arrays(read_cell_image(path, channels, cell_id), shape_type, cell_id, path)
-
-
-def validate_cell_arrays(images: dict, shape_type: str, cell_id: str, path: Path):
-    """Validate one cell's channel arrays for its shape type; returns the arrays the sampler needs."""
-    if shape_type == "punctate":
-        return validate_punctate(images, cell_id, str(path))
-    if shape_type == "polymorphic":
-        return validate_polymorphic(images, cell_id, str(path))
-    raise CellInputError(
-        cell_id,
-        path,
-        "unknown_shape_type",
-        f"shape_type {shape_type!r} in the manifest; use 'punctate' or 'polymorphic'",
-    )
 
 
 def scoped_cell_id(local_id: str, scope: str) -> str:
@@ -136,7 +105,6 @@ def working_voxel_um(row: dict, voxel: tuple[float, float, float], cell_id: str,
     if target.lower() == "nan":
         target = ""
     if isinstance(default, dict):  # per structure group (a plate inherits the scale of each structure's base)
-        from cellrep_core.structures import structure_key
 
         default = default.get(structure_key(row.get("structure_name"), row.get("shape_type")))
     if not target:

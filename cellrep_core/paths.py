@@ -43,6 +43,11 @@ def landing_plates_dir() -> Path:
     return cellrep_home() / "landing" / "plates"
 
 
+def landing_datasets_dir() -> Path:
+    """The folder where a manifest dropped as ``<name>/manifest.csv`` registers data set ``<name>``."""
+    return cellrep_home() / "landing" / "datasets"
+
+
 def reports_dir(dataset: str) -> Path:
     """Return the folder holding a data set's benchmark plots."""
     return cellrep_home() / "reports" / dataset

@@ -14,6 +14,7 @@ import pandas as pd
 
 from cellrep_core import paths, statcell
 from cellrep_core.data import synthetic
+from cellrep_core.data.features import HANDCRAFTED_FEATURES
 from cellrep_core.ingest import ingest_manifest
 from cellrep_core.metrics.benchmark import benchmark_model
 from cellrep_core.models.config import ModelConfig, get_config, variant
@@ -26,7 +27,6 @@ from cellrep_core.models.train import (
     train_model,
 )
 from cellrep_core.pointclouds.build import SamplingConfig, build_pointclouds, read_pointclouds
-from cellrep_core.profiling.features import HANDCRAFTED_FEATURES
 from cellrep_core.profiling.mapping import drug_map_qvalues
 from cellrep_core.profiling.screen import SCREEN_NULL_SIZE, fisher_combine, screen_map_qvalues
 from cellrep_core.registry import (  # noqa: F401 - the registry's lookups, used by the stages and assets as pipeline.*
@@ -119,7 +119,7 @@ def pointclouds(
     cfg_of: dict[str, SamplingConfig] | None = None,
 ) -> dict:
     """Sample the partition's cells into ``pointclouds/<dataset>/<partition>.parquet`` and index them.
-    ``cfg_of``: the sampling of each structure group (``structures.structure_key``), else ``cfg``."""
+    ``cfg_of``: the sampling of each structure group (``data.cells.structure_key``), else ``cfg``."""
     cfg = cfg or SamplingConfig()
     cells = cells_of(wh, dataset, plate_id)
     out = paths.pointcloud_path(dataset, partition)

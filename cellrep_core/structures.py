@@ -12,17 +12,12 @@ from __future__ import annotations
 
 import pandas as pd
 
+from cellrep_core.data.cells import structure_key
 from cellrep_core.store.warehouse import Warehouse
 
 # the platform's reference set whose base model embeds a shape type when no structure_bases entry says otherwise
 DEFAULT_BASE = {"polymorphic": "synthetic_polymorphic", "punctate": "synthetic_punctate"}
 KIND_OF_SHAPE = {"polymorphic": "sdf", "punctate": "punctate"}
-
-
-def structure_key(structure_name: object, shape_type: object) -> str:
-    """The group a cell is routed by: its structure name, else its shape type."""
-    name = str(structure_name or "").strip()
-    return name if name and name.lower() != "nan" else str(shape_type or "polymorphic")
 
 
 def set_base(wh: Warehouse, structure: str, dataset: str) -> None:

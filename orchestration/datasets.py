@@ -11,25 +11,12 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from cellrep_core import datasets, paths
+from assets.dataset_landing import add_partition
+from cellrep_core import datasets
 from cellrep_core.data.cells import read_manifest
 from cellrep_core.store.warehouse import Warehouse
-from orchestration.partitions import datasets_partitions
 
 CHAIN = ["dataset_cells", "dataset_pointclouds", "dataset_model", "dataset_embeddings"]
-
-
-def landing_datasets_dir() -> Path:
-    """The folder where a manifest dropped as ``<name>/manifest.csv`` registers data set ``<name>``."""
-    return paths.cellrep_home() / "landing" / "datasets"
-
-
-def add_partition(inst: dg.DagsterInstance, name: str) -> bool:
-    """Add the data set's partition to the instance; False when it was there already."""
-    if inst.has_dynamic_partition(datasets_partitions.name, name):
-        return False
-    inst.add_dynamic_partitions(datasets_partitions.name, [name])
-    return True
 
 
 def register_dataset(name: str, manifest: Path, data_root: Path | None = None, model: str = "",

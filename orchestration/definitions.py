@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import dagster as dg
 
+from assets.dataset_landing import landing_datasets_sensor
 from assets.datasets import dataset_asset_defs
 from assets.feature_store import embedding_ann_index, feature_store_maintenance, feature_store_nightly
+from assets.plate_landing import landing_plates_sensor, plates_automation_sensor
 from assets.plates import plate_asset_checks, plate_asset_defs
 from assets.reference import reference_asset_defs
+from assets.resources import FeatureStoreResource, WarehouseResource
 from assets.screens import screen_asset_defs
 from assets.sql_models import sql_model_assets
-from orchestration.resources import FeatureStoreResource, WarehouseResource
-from orchestration.sensors import landing_datasets_sensor, landing_plates_sensor, plates_automation_sensor
 
 all_assets = [
     *reference_asset_defs,

@@ -114,7 +114,7 @@ def automate(inst: dg.DagsterInstance, cursor=None, run_config: dict | None = No
 
 def register_landing_plates(inst: dg.DagsterInstance) -> list[str]:
     """Add every complete plate folder in the landing area as a partition (never twice)."""
-    from orchestration.partitions import plates_partitions
+    from assets.plates import plates_partitions
 
     landing = paths.landing_plates_dir()
     found = sorted(p.name for p in landing.iterdir() if (p / "manifest.csv").exists()) if landing.exists() else []

@@ -124,8 +124,8 @@ def test_dataset_assets_materialize_train_embed_and_rerun_without_duplicates(hom
 
 
 def test_landing_datasets_registers_once_and_rejects_a_bad_manifest_once(home, tmp_path):
-    from orchestration.datasets import landing_datasets_dir
-    from orchestration.sensors import scan_landing_datasets
+    from assets.dataset_landing import scan_landing_datasets
+    from cellrep_core.paths import landing_datasets_dir
 
     root = landing_datasets_dir()
     _large_fov(root / "big")

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy.stats import false_discovery_control
 
-from cellrep_core.profiling.features import HANDCRAFTED_FEATURES, handcrafted_features
+from cellrep_core.data.features import HANDCRAFTED_FEATURES, handcrafted_features
 from cellrep_core.profiling.mapping import (
     RESULT_COLUMNS,
     benjamini_hochberg,

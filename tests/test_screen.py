@@ -8,7 +8,7 @@ from scipy import stats
 
 from cellrep_core.data import screen
 from cellrep_core.data.cells import read_manifest
-from cellrep_core.profiling.features import handcrafted_features
+from cellrep_core.data.features import handcrafted_features
 from cellrep_core.profiling.mapping import drug_map_qvalues
 from cellrep_core.profiling.screen import fisher_combine, screen_map_qvalues
 

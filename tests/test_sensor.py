@@ -4,13 +4,13 @@ q-values (base and fine-tuned models) and the SQL models; only that plate is mat
 import dagster as dg
 import pytest
 
+from assets.plate_landing import PLATE_ASSETS, landing_plates_sensor
 from cellrep_core import paths
 from cellrep_core.cli import write_synthetic_plate
 from cellrep_core.pipeline import latest_model
 from cellrep_core.store.feature_store import FeatureStore
 from cellrep_core.store.warehouse import Warehouse
 from orchestration.demo import _materialize, automate
-from orchestration.sensors import PLATE_ASSETS, landing_plates_sensor
 
 QUICK = {"ops": {
     "synthetic_polymorphic_cells": {"config": {"size": 24}},

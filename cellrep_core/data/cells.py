@@ -559,3 +559,44 @@ def write_cell_tiff(path: Path, images: dict[str, np.ndarray]) -> None:
     tmp = path.with_suffix(".tiff.tmp")
     tifffile.imwrite(tmp, stack, compression="zlib")
     tmp.replace(path)
+
+
+QUARANTINE_COLUMNS = ["cell_id", "dataset", "plate_id", "stage", "reason", "detail", "source_path"]
+
+
+def quarantine_row(err: CellInputError, dataset: str, plate_id: str) -> dict:
+    """A quarantine table row from a cell error."""
+    return {
+        "cell_id": err.cell_id,
+        "dataset": dataset,
+        "plate_id": plate_id,
+        "stage": err.stage,
+        "reason": err.reason,
+        "detail": err.detail,
+        "source_path": err.path,
+    }
+
+
+def validate_cell(path: Path, channels: list[str], shape_type: str, cell_id: str):
+    """Read and validate one cell's images; returns the arrays the sampler needs."""
+    return validate_cell_arrays(read_cell_image(path, channels, cell_id), shape_type, cell_id, path)
+
+
+def validate_cell_arrays(images: dict, shape_type: str, cell_id: str, path: Path):
+    """Validate one cell's channel arrays for its shape type; returns the arrays the sampler needs."""
+    if shape_type == "punctate":
+        return validate_punctate(images, cell_id, str(path))
+    if shape_type == "polymorphic":
+        return validate_polymorphic(images, cell_id, str(path))
+    raise CellInputError(
+        cell_id,
+        path,
+        "unknown_shape_type",
+        f"shape_type {shape_type!r} in the manifest; use 'punctate' or 'polymorphic'",
+    )
+
+
+def structure_key(structure_name: object, shape_type: object) -> str:
+    """The group a cell is routed by: its structure name, else its shape type."""
+    name = str(structure_name or "").strip()
+    return name if name and name.lower() != "nan" else str(shape_type or "polymorphic")

@@ -6,7 +6,7 @@ each batch with Lightning's DDP strategy (gloo on CPU, NCCL on CUDA; batch norm 
 process = the config's batch size / processes), and rank 0 writes the version folder exactly as a one-process
 training does, and the result beside the request (``<request>.result.json``). Lightning's own launcher would
 re-run the command line of the parent process (inside a Dagster step: Dagster itself), so the processes come
-from torchrun; the model assets start it through Dagster Pipes with ``orchestration.ddp_worker`` as the entry
+from torchrun; the model assets start it through Dagster Pipes with ``assets.ddp_worker`` as the entry
 module, which adds the Pipes report to ``run_and_save``.
 
 Equivalence with one process: training inputs are drawn per (cell, epoch) (``per_item_draws``) and the batch

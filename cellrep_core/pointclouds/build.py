@@ -19,12 +19,12 @@ import pyarrow.parquet as pq
 from scipy import ndimage
 
 from cellrep_core import faults
+from cellrep_core.data.cells import QUARANTINE_COLUMNS, quarantine_row, structure_key, validate_cell
+from cellrep_core.data.features import HANDCRAFTED_FEATURES, handcrafted_features
 from cellrep_core.errors import CellInputError, CorruptFileError
-from cellrep_core.ingest import QUARANTINE_COLUMNS, quarantine_row, validate_cell
 from cellrep_core.pointclouds.items import CloudItem
 from cellrep_core.pointclouds.punctate import MAX_EXPONENT, SMOOTH_SIGMA, intensity_sample
 from cellrep_core.pointclouds.sdf import sdf_pointcloud
-from cellrep_core.profiling.features import HANDCRAFTED_FEATURES, handcrafted_features
 from cellrep_core.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -151,12 +151,11 @@ def build_pointclouds(
     cfg_of: dict[str, SamplingConfig] | None = None,
 ) -> BuildResult:
     """Sample every cell (in parallel), write one Parquet file atomically, return index and quarantine.
-    ``cfg_of``: the sampling of each structure group (``structure_key``), else ``cfg``."""
+    ``cfg_of``: the sampling of each structure group (``data.cells.structure_key``), else ``cfg``."""
     t0 = time.perf_counter()
     rows = cells.to_dict("records")
     n_workers = n_workers or min(len(rows), os.cpu_count() or 1) or 1
     results: list[dict] = []
-    from cellrep_core.structures import structure_key
 
     cfg_of = cfg_of or {}
     jobs = [(r, asdict(cfg_of.get(structure_key(r.get("structure_name"), r.get("shape_type")), cfg))) for r in rows]

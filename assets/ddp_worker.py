@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cellrep_core.models.ddp import run_and_save
 
-MODULE = "orchestration.ddp_worker"
+MODULE = "assets.ddp_worker"
 
 
 def main(argv: list[str] | None = None) -> int:
