@@ -387,7 +387,8 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError(f"no embedding table {t!r}; tables: {', '.join(fs.table_names()) or 'none'}")
             res = fs.repair(t)
             print(f"{t}: rolled back to version {res['restored_version']} ({res['rows']} rows; torn: "
-                  f"{', '.join(res['torn_files']) or 'none found'}); materialize the embeddings again"
+                  f"{', '.join(res['torn_files']) or 'none found'}; torn manifests moved to {t}.lance/_torn); "
+                  "materialize the embeddings again"
                   if res["repaired"] else f"{t}: reads whole (version {res['version']}), nothing to repair")
         return 0
     if args.command == "explain":

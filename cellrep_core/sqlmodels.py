@@ -109,7 +109,7 @@ def materialize(wh: Warehouse, model: SqlModel, feature_store=None) -> int:
                             f"SQL model {model.name} ({model.path}) reads {name!r}, which the feature store does "
                             f"not have yet (present: {sorted(present) or 'none'}); materialize embeddings first"
                         )
-                    con.register(name, feature_store.db.open_table(name).to_arrow())
+                    con.register(name, feature_store.open_table(name).to_arrow())
             con.execute(f'CREATE OR REPLACE TABLE "{model.name}" AS\n{body}')
             return con.execute(f'SELECT count(*) FROM "{model.name}"').fetchone()[0]
     except duckdb.Error as err:

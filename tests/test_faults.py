@@ -98,3 +98,44 @@ def test_a_torn_lance_data_file_is_named_and_repaired_by_rolling_back_and_writin
     assert len(m) == 80 and m.cell_id.is_unique and v[m.model_version == "v2"].min() == 2
     assert core_main(["store", "repair"]) == 0
     assert "reads whole" in capsys.readouterr().out
+
+
+def test_a_torn_lance_manifest_is_named_and_repaired_by_moving_it_aside(home, capsys):
+    """The newest version manifest cut short: opening the table fails with a CorruptFileError naming the manifest
+    and the command; `cellrep store repair` moves it aside, the table reads at the version before, and writing
+    the lost embeddings again restores it (no duplicate, nothing else lost)."""
+    import numpy as np
+    import pandas as pd
+
+    from cellrep_core.cli import main as core_main
+    from cellrep_core.errors import CorruptFileError
+    from cellrep_core.store.feature_store import FeatureStore
+
+    def meta(prefix, version):
+        return pd.DataFrame({"cell_id": [f"{prefix}{i}" for i in range(30)], "dataset": "d", "plate_id": "",
+                             "drug": "", "structure_name": "", "model_name": "m", "model_version": version})
+
+    fs = FeatureStore()
+    fs.upsert(meta("a", "v1"), np.ones((30, 8), np.float32))
+    fs.upsert(meta("b", "v2"), np.full((30, 8), 2, np.float32))
+    table_dir = home / "lancedb" / "cell_embeddings.lance"
+    # Lance names manifests u64::MAX - version: the newest version has the smallest name
+    newest = min((table_dir / "_versions").glob("*.manifest"), key=lambda f: int(f.stem))
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    assert fs.unreadable_files() == [str(newest)] and not fs.readable()
+    fresh = FeatureStore()
+    for call in (fresh.load, lambda: fresh.upsert(meta("c", "v3"), np.ones((30, 8), np.float32))):
+        with pytest.raises(CorruptFileError, match="cellrep store repair --table cell_embeddings") as err:
+            call()
+        assert str(newest) in str(err.value)
+    assert core_main(["store", "repair"]) == 0
+    out = capsys.readouterr().out
+    assert "cell_embeddings: rolled back to version 1 (30 rows" in out and str(newest) in out
+    assert not newest.exists() and len(list((table_dir / "_torn").iterdir())) == 1
+    fs = FeatureStore()
+    m, _ = fs.load()
+    assert len(m) == 30 and set(m.model_version) == {"v1"} and fs.unreadable_files() == []
+    fs.upsert(meta("b", "v2"), np.full((30, 8), 2, np.float32))  # materializing the lost embeddings again
+    m, v = fs.load()
+    assert len(m) == 60 and m.cell_id.is_unique and v[m.model_version == "v2"].min() == 2
+    assert FeatureStore().readable()

@@ -98,6 +98,13 @@ class FeatureStore:
         self._keyed: set[str] = set()
         self.commit_retries = 0  # commits retried after a conflict, over this object's lifetime
 
+    def _table(self, name: str):
+        """Open a table; a table whose manifest or data files are torn raises ``CorruptFileError`` naming them."""
+        try:
+            return self.db.open_table(name)
+        except (OSError, RuntimeError, ValueError) as err:
+            raise (self._corrupt(name, err) or err) from err
+
     def table_names(self) -> list[str]:
         """Embedding tables present (one per vector dimension; ``cell_embeddings`` first)."""
         names = self.db.list_tables().tables if hasattr(self.db, "list_tables") else self.db.table_names()
@@ -113,7 +120,7 @@ class FeatureStore:
     def vector_dim(self, table: str = TABLE) -> int:
         """Dimension of the fixed-size vectors of a table (a table's dimension never changes: cached)."""
         if table not in self._dims:
-            self._dims[table] = self.db.open_table(table).schema.field("vector").type.list_size
+            self._dims[table] = self._table(table).schema.field("vector").type.list_size
         return self._dims[table]
 
     @staticmethod
@@ -159,7 +166,7 @@ class FeatureStore:
                         self.db.create_table(name, data=data, data_storage_version=LANCE_FORMAT)
                     else:
                         self.ensure_primary_key(name)
-                        merge = self.db.open_table(name).merge_insert(KEY).when_matched_update_all()
+                        merge = self._table(name).merge_insert(KEY).when_matched_update_all()
                         merge = merge.when_not_matched_insert_all()
                         if delete_where is not None:
                             merge = merge.when_not_matched_by_source_delete(delete_where)
@@ -184,7 +191,7 @@ class FeatureStore:
         (one new version; earlier versions stay readable). True when it migrated the table."""
         if table in self._keyed:
             return False
-        tbl = self.db.open_table(table)
+        tbl = self._table(table)
         if has_primary_key(tbl.schema):
             self._keyed.add(table)
             return False
@@ -199,13 +206,13 @@ class FeatureStore:
         if table not in self.table_names():
             return
         with self._lock:
-            self.db.open_table(table).delete(where_clause(filters))
+            self._table(table).delete(where_clause(filters))
 
     def versions(self, table: str = TABLE) -> pd.DataFrame:
         """The kept versions of a table: version number, timestamp (UTC) and row count."""
         if table not in self.table_names():
             return pd.DataFrame(columns=["version", "timestamp", "rows"])
-        vs = self.db.open_table(table).list_versions()
+        vs = self._table(table).list_versions()
         return pd.DataFrame(
             {
                 "version": [int(v["version"]) for v in vs],
@@ -226,7 +233,7 @@ class FeatureStore:
 
     def open_table(self, table: str = TABLE, version: int | None = None, as_of: datetime | None = None):
         """A table, at its latest version or read back at ``version`` / the version current at ``as_of``."""
-        tbl = self.db.open_table(table)
+        tbl = self._table(table)
         if as_of is not None:
             version = self.version_as_of(as_of, table)
         if version is not None:
@@ -235,7 +242,7 @@ class FeatureStore:
 
     def current_versions(self) -> dict[str, int]:
         """The current version of every embedding table (what a reader opening them now sees)."""
-        return {name: int(self.db.open_table(name).version) for name in self.table_names()}
+        return {name: int(self._table(name).version) for name in self.table_names()}
 
     def tag_versions(self, tag: str, versions: dict[str, int] | None = None) -> dict[str, int]:
         """Tag each table's version (default: the current one) as ``tag``, moving an earlier tag of that name:
@@ -243,7 +250,7 @@ class FeatureStore:
         versions = versions or self.current_versions()
         with self._lock:
             for name, version in versions.items():
-                tags = self.db.open_table(name).tags
+                tags = self._table(name).tags
                 if tag in tags.list():
                     tags.update(tag, int(version))
                 else:
@@ -254,7 +261,7 @@ class FeatureStore:
         """Tag -> version of a table."""
         if table not in self.table_names():
             return {}
-        return {k: int(v["version"]) for k, v in self.db.open_table(table).tags.list().items()}
+        return {k: int(v["version"]) for k, v in self._table(table).tags.list().items()}
 
     def optimize(self, keep: timedelta = timedelta(days=7)) -> list[dict]:
         """Compact every table's files, fold new rows into its indices and drop versions older than ``keep``
@@ -264,7 +271,7 @@ class FeatureStore:
         out = []
         with self._lock:
             for name in self.table_names():
-                tbl = self.db.open_table(name)
+                tbl = self._table(name)
                 before = len(tbl.list_versions())
                 window = keep
                 tagged = set(self.tagged_versions(name).values())
@@ -303,10 +310,12 @@ class FeatureStore:
         return df, vecs
 
     def unreadable_files(self, table: str = TABLE) -> list[str]:
-        """Data files of a table that are torn: a Lance file ends with the magic ``LANC``, a file cut short by a
-        crash or a full disk does not (damage inside a file shows only when it is read: ``readable``)."""
+        """Files of a table that are torn: its data files and version manifests. A Lance file ends with the
+        magic ``LANC``; a file cut short by a crash or a full disk does not (damage inside a file shows only when
+        it is read: ``readable``)."""
+        root = self.uri / f"{table}.lance"
         out = []
-        for f in sorted((self.uri / f"{table}.lance" / "data").glob("*.lance")):
+        for f in sorted([*(root / "data").glob("*.lance"), *(root / "_versions").glob("*.manifest")]):
             try:
                 with open(f, "rb") as fh:
                     fh.seek(-4, os.SEEK_END)
@@ -334,36 +343,52 @@ class FeatureStore:
         torn = self.unreadable_files(table)
         if not torn and self.readable(table):
             return None
-        what = f"torn data file(s) {', '.join(torn)}" if torn else "its current version does not read"
+        what = f"torn file(s) {', '.join(torn)}" if torn else "its current version does not read"
         return CorruptFileError(f"LanceDB table {table}: {what} ({err}); `cellrep store repair --table {table}` "
                                 "rolls the table back to its newest version that reads whole, then materialize the "
                                 "embeddings again (they are written back whole)")
 
     def repair(self, table: str = TABLE) -> dict:
-        """Roll a table whose current version does not read back to its newest version that does (a new version
-        with that one's rows); the embeddings written since are written again by materializing them. A table that
-        reads whole is left as it is."""
+        """Bring a table that does not read back to its newest version that does: a torn version manifest is
+        moved aside (to ``<table>.lance/_torn/``; the version it described is lost), and a version whose data
+        files are torn is rolled back from (a new version with the rows of the newest whole one). The embeddings
+        written since are written again by materializing them. A table that reads whole is left as it is."""
         with self._lock:
-            versions = sorted((int(v["version"]) for v in self.db.open_table(table).list_versions()), reverse=True)
-            if self.readable(table):
-                return {"table": table, "repaired": False, "version": versions[0]}
+            root = self.uri / f"{table}.lance"
             torn = self.unreadable_files(table)
+            moved = [Path(f) for f in torn if f.endswith(".manifest")]
+            if moved:
+                aside = root / "_torn"
+                aside.mkdir(exist_ok=True)
+                stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+                for f in moved:
+                    f.replace(aside / f"{f.name}.{stamp}")
+                (root / "_versions" / "latest_version_hint.json").unlink(missing_ok=True)
+            db = lancedb.connect(str(self.uri))  # a fresh connection: the open one cached the torn state
+            self.db, self._keyed = db, set()
+            versions = sorted((int(v["version"]) for v in db.open_table(table).list_versions()), reverse=True)
+            if self.readable(table):
+                if not moved:
+                    return {"table": table, "repaired": False, "version": versions[0]}
+                tbl = db.open_table(table)
+                return {"table": table, "repaired": True, "restored_version": versions[0], "torn_files": torn,
+                        "rows": tbl.count_rows(), "version": int(tbl.version)}
             for v in versions[1:]:
                 if self.readable(table, v):
-                    tbl = self.db.open_table(table)
+                    tbl = db.open_table(table)
                     tbl.restore(v)
                     return {"table": table, "repaired": True, "restored_version": v, "torn_files": torn,
                             "rows": tbl.count_rows(), "version": int(tbl.version)}
         raise CorruptFileError(f"LanceDB table {table}: no version reads whole (torn: {torn}); delete "
-                               f"{self.uri / (table + '.lance')} and materialize the embeddings again")
+                               f"{root} and materialize the embeddings again")
 
     def count(self, table: str = TABLE) -> int:
         """Number of rows in a table (0 when absent)."""
-        return self.db.open_table(table).count_rows() if table in self.table_names() else 0
+        return self._table(table).count_rows() if table in self.table_names() else 0
 
     def vector_index(self, table: str = TABLE) -> dict | None:
         """The vector index of a table: name, type, indexed and unindexed row counts (None if none)."""
-        tbl = self.db.open_table(table)
+        tbl = self._table(table)
         for idx in tbl.list_indices():
             if "vector" in list(idx.columns):
                 st = tbl.index_stats(idx.name)
@@ -388,7 +413,7 @@ class FeatureStore:
             return None
         partitions = max(1, int(round(np.sqrt(n))))
         with self._lock:
-            self.db.open_table(table).create_index(
+            self._table(table).create_index(
                 "vector",
                 config=IvfHnswSq(distance_type="cosine", num_partitions=partitions),
                 replace=True,
@@ -408,7 +433,7 @@ class FeatureStore:
         table = table or self.table_for_dim(len(vector))
         if table not in self.table_names():
             raise LookupError(f"no embeddings of dimension {len(vector)} in {self.uri}")
-        tbl = self.db.open_table(table)
+        tbl = self._table(table)
         q = tbl.search(vector).distance_type(metric).limit(k).select([*META_COLUMNS, "_distance"])
         if any("vector" in list(i.columns) for i in tbl.list_indices()):
             q = q.nprobes(ANN_NPROBES).refine_factor(ANN_REFINE)
