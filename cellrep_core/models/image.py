@@ -31,7 +31,6 @@ of those normalised ``(x, y, z)`` coordinates (``grid_sample(..., align_corners=
 
 from __future__ import annotations
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -41,6 +40,7 @@ from scipy import ndimage
 from torch import nn
 from torch.utils.data import Dataset
 
+from cellrep_core.models.base import Autoencoder
 from cellrep_core.models.config import ModelConfig
 from cellrep_core.models.vn import rotation_from_vectors
 from cellrep_core.pointclouds.items import CloudItem
@@ -324,13 +324,12 @@ class VolumeDecoder(nn.Module):
         return self.out(self.ups(h))
 
 
-class ImageAutoencoder(L.LightningModule):
+class ImageAutoencoder(Autoencoder):
     """SO(3)-steerable (``so3_cnn``) or classical (``cnn``) 3D CNN encoder, 3D CNN decoder, MSE loss."""
 
     def __init__(self, config: dict) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.cfg = cfg = ModelConfig(**config)
+        super().__init__(config)
+        cfg = self.cfg
         if cfg.family != "image":
             raise ValueError(f"config {cfg.name}: encoder {cfg.encoder!r} is not an image model")
         chans, strides = layer_plan(cfg)
@@ -372,16 +371,3 @@ class ImageAutoencoder(L.LightningModule):
     def reconstruction_error(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Mean squared error per item ``[B]``."""
         return ((a - b) ** 2).flatten(1).mean(1)
-
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.per_item_loss(batch).mean()
-        self.log("train_loss", loss, prog_bar=False, batch_size=batch["volume"].shape[0])
-        return loss
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.per_item_loss(batch).mean()
-        self.log("val_loss", loss, prog_bar=False, batch_size=batch["volume"].shape[0])
-        return loss
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.cfg.lr)

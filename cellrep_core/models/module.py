@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import lightning as L
 import torch
 
-from cellrep_core.models.config import ModelConfig
+from cellrep_core.models.base import Autoencoder
 from cellrep_core.models.decoders import ClassicalImplicitSDFDecoder, FoldingNetDecoder, ImplicitSDFDecoder
 from cellrep_core.models.dgcnn import DGCNNEncoder
 from cellrep_core.models.losses import chamfer_distance, point_loss, sdf_l1
 from cellrep_core.models.vn import VNDGCNNEncoder
 
 
-class PointCloudAutoencoder(L.LightningModule):
+class PointCloudAutoencoder(Autoencoder):
     """VN-DGCNN (``encoder="vn_dgcnn"``) or classical DGCNN (``"dgcnn"``) encoder with a FoldingNet
     (punctate) or implicit SDF (polymorphic) decoder. The classical model's FoldingNet output is not rotated
     back and its SDF decoder sees the raw query point next to the code."""
 
     def __init__(self, config: dict) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.cfg = cfg = ModelConfig(**config)
+        super().__init__(config)
+        cfg = self.cfg
         # fails here, at build, when loss='emd' and geomloss is missing
         self.point_loss = point_loss(cfg.loss) if cfg.kind == "punctate" else None
         if cfg.encoder == "dgcnn":
@@ -76,23 +74,6 @@ class PointCloudAutoencoder(L.LightningModule):
         if not self.cfg.equivariant:
             return self.decoder(query, enc["z"])
         return self.decoder(enc["vectors"], query, enc["z"])
-
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.per_item_loss(batch).mean()
-        self.log("train_loss", loss, prog_bar=False, batch_size=batch["points"].shape[0], sync_dist=True)
-        return loss
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.per_item_loss(batch).mean()
-        self.log("val_loss", loss, prog_bar=False, batch_size=batch["points"].shape[0], sync_dist=True)
-        return loss
-
-    def configure_optimizers(self):
-        opt = torch.optim.Adam(self.parameters(), lr=self.cfg.lr)
-        if self.cfg.lr_schedule == "constant":
-            return opt
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(self.cfg.max_epochs, 1))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
     # ---- benchmark protocol (see cellrep_core/models/zoo.py): latent, decode_latent, target, error ----
     #

@@ -27,7 +27,6 @@ for the conditional model, ``condition`` (``[cond_dim]``); the deterministic inp
 
 from __future__ import annotations
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -35,6 +34,7 @@ from scipy import ndimage
 from torch import nn
 from torch.utils.data import Dataset
 
+from cellrep_core.models.base import Autoencoder
 from cellrep_core.models.config import ModelConfig
 from cellrep_core.pointclouds.items import CloudItem
 
@@ -195,13 +195,11 @@ def reconstruction_nll(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).sum(1)
 
 
-class StatCellVAE(L.LightningModule):
+class StatCellVAE(Autoencoder):
     """Reference beta-VAE (``cfg.encoder == "ref_bvae"``) or conditional beta-VAE (``"cond_bvae"``)."""
 
-    def __init__(self, cfg: dict) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.cfg = ModelConfig.model_validate(cfg)
+    def __init__(self, config: dict) -> None:
+        super().__init__(config)
         c = self.cfg
         self.conditional = c.encoder == "cond_bvae"
         if self.conditional and c.cond_dim < 1:
@@ -259,13 +257,6 @@ class StatCellVAE(L.LightningModule):
         out = self.losses(batch, sample=False)
         self.log_dict({"val_loss": out["loss"], "val_recon": out["recon"].mean(), "val_kl": out["kl"].mean()},
                       batch_size=len(out["recon"]), sync_dist=True)
-
-    def configure_optimizers(self):
-        opt = torch.optim.Adam(self.parameters(), lr=self.cfg.lr)
-        if self.cfg.lr_schedule == "cosine":
-            return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt,
-                                                                                                 self.cfg.max_epochs)}
-        return opt
 
     @torch.no_grad()
     def sample(self, cond: torch.Tensor | None, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
