@@ -42,12 +42,7 @@ def _quarantine_plate(plate_id: str, manifest: Path, detail: str) -> None:
             }
         ]
     )
-    wh = Warehouse()
-    with wh.write() as con:
-        con.execute("DELETE FROM quarantine WHERE plate_id = ? AND stage = 'landing'", [plate_id])
-        con.register("_q", row)
-        con.execute(f"INSERT INTO quarantine ({', '.join(row.columns)}) SELECT * FROM _q")
-        con.unregister("_q")
+    Warehouse().replace("quarantine", row, {"plate_id": plate_id, "stage": "landing"})
 
 
 def scan_landing(known: set[str], rejected: dict[str, float]) -> tuple[list[str], dict[str, str], dict[str, float]]:

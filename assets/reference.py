@@ -66,6 +66,29 @@ def _md(d: dict) -> dict:
     return {k: v for k, v in d.items() if isinstance(v, int | float | str)}
 
 
+def interpretation_result(context: dg.AssetExecutionContext, wh, fs, ds: str) -> dg.MaterializeResult:
+    """Interpret a data set's codes, store the PC correlations and cell shape features, pictures inline."""
+    from cellrep_core.analysis.representation import interpret_dataset
+
+    res = interpret_dataset(wh, fs, ds, paths.reports_dir(ds) / "interpretation", progress=context.log.info)
+    ev = dict(enumerate(res.pca.explained_variance_ratio, start=1))
+    corr = res.correlations.assign(dataset=ds, model_version=res.model_version,
+                                   explained_variance_ratio=res.correlations.pc.map(ev))
+    wh.replace("pc_correlations", corr, {"dataset": ds})
+    shapes = res.cells[["cell_id", *SHAPE_FEATURES, "error"]].assign(dataset=ds)
+    wh.replace("cell_shape_features", shapes, {"dataset": ds})
+    pc, r = res.volume_pc()
+    md = {"model_version": res.model_version, "n_cells": len(res.cells),
+          "explained_variance_top5": dg.MetadataValue.json([round(float(v), 4) for v in
+                                                            res.pca.explained_variance_ratio[:5]]),
+          "structure_volume_pc": pc, "structure_volume_pc_r": round(r, 4),
+          "n_archetypes": len(res.archetype_cells),
+          "unreadable_cells": int((res.cells.error.fillna("") != "").sum())}
+    for key, path in res.pictures.items():
+        md[f"{key}_plot"] = dg.MetadataValue.md(_png_md(path, key))
+    return dg.MaterializeResult(metadata=md)
+
+
 def reference_assets(spec: ReferenceSpec) -> list[dg.AssetsDefinition]:
     """The five assets of one reference data set."""
     ds = spec.dataset
@@ -133,27 +156,7 @@ def reference_assets(spec: ReferenceSpec) -> list[dg.AssetsDefinition]:
                           "interpretation/.")
     def interpretation(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                        feature_store: FeatureStoreResource) -> dg.MaterializeResult:
-        from cellrep_core.analysis.representation import interpret_dataset
-
-        wh = warehouse.get()
-        res = interpret_dataset(wh, feature_store.get(), ds, paths.reports_dir(ds) / "interpretation",
-                                progress=context.log.info)
-        ev = dict(enumerate(res.pca.explained_variance_ratio, start=1))
-        corr = res.correlations.assign(dataset=ds, model_version=res.model_version,
-                                       explained_variance_ratio=res.correlations.pc.map(ev))
-        wh.replace("pc_correlations", corr, {"dataset": ds})
-        shapes = res.cells[["cell_id", *SHAPE_FEATURES, "error"]].assign(dataset=ds)
-        wh.replace("cell_shape_features", shapes, {"dataset": ds})
-        pc, r = res.volume_pc()
-        md = {"model_version": res.model_version, "n_cells": len(res.cells),
-              "explained_variance_top5": dg.MetadataValue.json([round(float(v), 4) for v in
-                                                                res.pca.explained_variance_ratio[:5]]),
-              "structure_volume_pc": pc, "structure_volume_pc_r": round(r, 4),
-              "n_archetypes": len(res.archetype_cells),
-              "unreadable_cells": int((res.cells.error.fillna("") != "").sum())}
-        for key, path in res.pictures.items():
-            md[f"{key}_plot"] = dg.MetadataValue.md(_png_md(path, key))
-        return dg.MaterializeResult(metadata=md)
+        return interpretation_result(context, warehouse.get(), feature_store.get(), ds)
 
     return [cells, clouds, model, embeddings, bench, interpretation]
 

@@ -24,7 +24,14 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from cellrep_core.data.cells import binarize, parse_voxel_size, read_cell_image, read_fov_images, read_manifest
+from cellrep_core.data.cells import (
+    binarize,
+    parse_voxel_size,
+    read_cell_image,
+    read_fov_images,
+    read_manifest,
+    split_list,
+)
 from cellrep_core.errors import CellInputError
 from cellrep_core.ingest import resolve_path
 from cellrep_core.store.warehouse import Warehouse
@@ -94,8 +101,8 @@ def _structure_extent_um(structure: np.ndarray, voxel_zyx: tuple[float, float, f
 def _row_extents(row: dict, manifest: Path, data_root: Path | None) -> tuple[list[float], tuple]:
     """The structure extents (µm) of one manifest row's cells, and its voxel size."""
     cid = str(row["cell_id"])
-    channels = [c for c in str(row["channels"]).split(";") if c]
-    files = [resolve_path(manifest.parent, r, cid, data_root) for r in str(row["path"]).split(";") if r]
+    channels = split_list(row["channels"])
+    files = [resolve_path(manifest.parent, r, cid, data_root) for r in split_list(row["path"])]
     voxel = parse_voxel_size(row, cid, files[0])
     if "cell_labels" in channels:
         images = read_fov_images(files, channels, cid)

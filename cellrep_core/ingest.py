@@ -11,11 +11,13 @@ from cellrep_core import paths
 from cellrep_core.data.cells import (
     MANIFEST_COLUMNS,
     QUARANTINE_COLUMNS,
+    channel_names,
     parse_voxel_size,
     quarantine_row,
     read_cell_image,
     read_fov_images,
     read_manifest,
+    split_list,
     structure_key,
     validate_cell_arrays,
     write_cell_tiff,
@@ -126,8 +128,8 @@ def _ingest_fov_row(
 ) -> tuple[list[dict], list[dict]]:
     """Split one field-of-view row into single-cell crops (written under ``crops_dir``) and validate them."""
     fov_id = str(row["cell_id"])
-    channels = [c for c in str(row["channels"]).split(";") if c]
-    rels = [r for r in str(row["path"]).split(";") if r]
+    channels = split_list(row["channels"])
+    rels = split_list(row["path"])
     files = [resolve_path(manifest.parent, r, fov_id, data_root) for r in rels]
     images = read_fov_images(files, channels, fov_id)
     voxel = parse_voxel_size(row, fov_id, files[0])
@@ -199,7 +201,7 @@ def ingest_manifest(
         local = str(row["cell_id"])
         cell_id = scoped_cell_id(local, pid or ds)
         row = {**row, "cell_id": cell_id}
-        if "cell_labels" in str(row["channels"]).split(";"):
+        if "cell_labels" in channel_names(row["channels"]):
             try:
                 g, b = _ingest_fov_row(
                     row, manifest, ds, pid, data_root, Path(crops_dir or paths.raw_dir(ds) / "fov_crops"), seen,
@@ -221,7 +223,7 @@ def ingest_manifest(
                 )
             seen.add(cell_id)
             path = resolve_path(manifest.parent, str(row["path"]), cell_id, data_root)
-            channels = [c for c in str(row["channels"]).split(";") if c]
+            channels = split_list(row["channels"])
             shape_type = str(row.get("shape_type") or "polymorphic")
             images = read_cell_image(path, channels, cell_id)
             voxel = parse_voxel_size(row, cell_id, path)

@@ -84,17 +84,8 @@ def ingest(
     ``default_voxel_um``: working voxel size of rows without their own (a registered data set's scale)."""
     res = ingest_manifest(manifest, dataset=dataset, plate_id=plate_id, data_root=data_root,
                           default_voxel_um=default_voxel_um)
-    with wh.write() as con:
-        con.execute("DELETE FROM cells WHERE dataset = ? AND plate_id = ?", [dataset, plate_id])
-        con.execute(
-            "DELETE FROM quarantine WHERE dataset = ? AND plate_id = ? AND stage = 'ingest'",
-            [dataset, plate_id],
-        )
-        for table, df in (("cells", res.cells), ("quarantine", res.quarantine)):
-            if len(df):
-                con.register("_df", df)
-                con.execute(f"INSERT INTO {table} ({', '.join(df.columns)}) SELECT * FROM _df")
-                con.unregister("_df")
+    part = {"dataset": dataset, "plate_id": plate_id}
+    wh.replace_many([("cells", res.cells, part), ("quarantine", res.quarantine, {**part, "stage": "ingest"})])
     return {
         "cells": len(res.cells),
         "quarantined": len(res.quarantine),
@@ -125,26 +116,12 @@ def pointclouds(
     out = paths.pointcloud_path(dataset, partition)
     res = build_pointclouds(cells, out, cfg, n_workers=n_workers, cfg_of=cfg_of)
     idx = res.index.assign(partition=partition)
-    with wh.write() as con:
-        con.execute("DELETE FROM pointcloud_index WHERE dataset = ? AND partition = ?", [dataset, partition])
-        con.execute(
-            "DELETE FROM quarantine WHERE dataset = ? AND plate_id = ? AND stage = 'pointcloud'",
-            [dataset, plate_id],
-        )
-        con.execute(
-            "DELETE FROM handcrafted_features WHERE dataset = ? AND plate_id = ?", [dataset, plate_id]
-        )
-        for table, df in (
-            ("pointcloud_index", idx),
-            ("quarantine", res.quarantine),
-            ("handcrafted_features", res.features),
-        ):
-            if len(df):
-                con.register("_df", df)
-                con.execute(
-                    f"INSERT INTO {table} ({', '.join(df.columns)}) SELECT {', '.join(df.columns)} FROM _df"
-                )
-                con.unregister("_df")
+    part = {"dataset": dataset, "plate_id": plate_id}
+    wh.replace_many([
+        ("pointcloud_index", idx, {"dataset": dataset, "partition": partition}),
+        ("quarantine", res.quarantine, {**part, "stage": "pointcloud"}),
+        ("handcrafted_features", res.features, part),
+    ])
     n = max(len(cells), 1)
     return {
         "clouds": len(res.index),

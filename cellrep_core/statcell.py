@@ -54,15 +54,15 @@ def cell_volumes(cells: pd.DataFrame, half_extent: float, size: int = DEFAULT_IM
                  ) -> tuple[list[sa.CellVolumes], list[dict]]:
     """The cells' masks in their nucleus frame; ``(volumes, problems)``, a problem naming the cell, its file and
     the reason (punctate cells, a missing nucleus channel, an unreadable file). Every other cell goes on."""
-    from cellrep_core.data.cells import binarize, read_cell_image
+    from cellrep_core.data.cells import binarize, channel_names, read_cell_image, split_list
     from cellrep_core.errors import CellInputError
     from cellrep_core.models.statcell import cell_frame_volumes
 
     out, problems = [], []
     for r in cells.itertuples():
         path = str(r.source_path)
-        channels = [c for c in str(r.channels).split(";") if c]
-        names = {c.split(":")[0] for c in channels}
+        channels = split_list(r.channels)
+        names = set(channel_names(channels))
         try:
             if r.shape_type != "polymorphic":
                 raise ValueError("the structure-given-shape model takes polymorphic (mask) cells only")
@@ -148,6 +148,25 @@ def _base_model(wh: Warehouse, version: str) -> _Base:
     return _Base(tm.version, tm.path, int(load_whitening(tm.path).mean.shape[0]))
 
 
+def _analyses(wh: Warehouse, dataset: str, vols, pair, ref_m, cond_m, labels, cond, cond_cfg, betas, root: Path,
+              report: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame, dict]:
+    """Coupling, KL per latent dimension (both models), generation for a small and a large nucleus and the beta
+    sweep (table ``statcell_beta_sweep``), their pictures and tables under ``report``."""
+    coupling = sa.coupling(ref_m, cond_m, labels, vols, cond=cond)
+    kl = sa.kl_per_dimension(cond_m, sa.structure_items(vols, cond))
+    ref_kl = sa.kl_per_dimension(ref_m, sa.reference_items(vols))
+    gen = sa.conditional_generation(ref_m, cond_m, labels, vols, cond=cond)
+    report.mkdir(parents=True, exist_ok=True)
+    sa.generation_png(gen, report / "generation.png", title=f"{dataset}: structures generated for a small and a "
+                      "large nucleus")
+    if betas:
+        sweep = sa.beta_sweep(vols, pair.ref, cond_cfg, labels, list(betas), root, lineage={"dataset": dataset})
+        sa.plot_beta_sweep(sweep, report / "beta_sweep.png")
+        wh.replace("statcell_beta_sweep", sweep.assign(dataset=dataset), {"dataset": dataset})
+    kl.to_csv(report / "kl_per_dimension.csv", index=False)
+    return coupling, kl, ref_kl, gen
+
+
 def train_dataset(wh: Warehouse, fs: FeatureStore, dataset: str, base_version: str | None = None,
                   ref_config: str = "statcell_ref_demo", cond_config: str = "statcell_cond_demo",
                   betas: tuple[float, ...] | list[float] = DEFAULT_BETAS, max_epochs: int = 0,
@@ -173,21 +192,9 @@ def train_dataset(wh: Warehouse, fs: FeatureStore, dataset: str, base_version: s
     pair = sa.train_statcell(vols, ref_cfg, cond_cfg, root, lineage={"dataset": dataset}, force=force)
     ref_m, cond_m, labels = sa.load_statcell(pair.ref.path, pair.cond.path)
     cond = sa.conditions(ref_m, vols, labels)  # each cell's reference latent + label, computed once
-    coupling = sa.coupling(ref_m, cond_m, labels, vols, cond=cond)
-    kl = sa.kl_per_dimension(cond_m, sa.structure_items(vols, cond))
-    ref_kl = sa.kl_per_dimension(ref_m, sa.reference_items(vols))
-    gen = sa.conditional_generation(ref_m, cond_m, labels, vols, cond=cond)
     report = paths.reports_dir(dataset) / "statcell"
-    report.mkdir(parents=True, exist_ok=True)
-    sa.generation_png(gen, report / "generation.png", title=f"{dataset}: structures generated for a small and a "
-                      "large nucleus")
-    sweep = pd.DataFrame()
-    if betas:
-        sweep = sa.beta_sweep(vols, pair.ref, cond_cfg, labels, list(betas), root,
-                              lineage={"dataset": dataset})
-        sa.plot_beta_sweep(sweep, report / "beta_sweep.png")
-        wh.replace("statcell_beta_sweep", sweep.assign(dataset=dataset), {"dataset": dataset})
-    kl.to_csv(report / "kl_per_dimension.csv", index=False)
+    coupling, kl, ref_kl, gen = _analyses(wh, dataset, vols, pair, ref_m, cond_m, labels, cond, cond_cfg, betas,
+                                          root, report)
     # the shape residual in the base model's whitened space, over the cells that have a base code
     base = _base_model(wh, base_version or latest_model(wh, dataset).version)
     with_code, codes, missing = base_codes(fs, base, {"dataset": dataset}, vols)

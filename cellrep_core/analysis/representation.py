@@ -304,13 +304,121 @@ def best_pc(corr: pd.DataFrame, descriptor: str = "structure_volume") -> tuple[i
     return int(r.pc), float(r.pearson_r)
 
 
+class _Tiles:
+    """What the pictures of one data set share: the codes' PCA, the cells, and decoding of points in PC space
+    (the canonical latents of the closest cells, averaged, through the model's decoder)."""
+
+    def __init__(self, model, lat, eb, inside, res: PCAResult, cells: pd.DataFrame, out_dir: Path) -> None:
+        self.model, self.lat, self.eb, self.inside, self.res, self.cells = model, lat, eb, inside, res, cells
+        self.out_dir = out_dir
+        self.d_near = min(10, res.scores.shape[1])  # closest cells in the top PCs
+        self.levels: list[float] = []
+
+    def nearest(self, points: np.ndarray, k: int = 1) -> np.ndarray:
+        return nearest_rows(points[:, : self.d_near], self.res.scores[:, : self.d_near], k)
+
+    def decoded(self, points: np.ndarray) -> list[np.ndarray]:
+        shapes, level = decode_shapes(self.model, self.lat[self.nearest(points, DECODE_NEIGHBOURS)].mean(axis=1),
+                                      self.eb, self.inside)
+        self.levels.append(level)
+        return shapes
+
+    def dlabel(self, text: str) -> str:
+        lv = self.levels
+        return f"decoded {text}" + (f"\n(SDF < {lv[-1]:.3f})" if lv and lv[-1] != 0 else "")
+
+    def real(self, i: int) -> np.ndarray | None:
+        from cellrep_core.analysis.render import read_cell_views
+
+        r = self.cells.iloc[i]
+        try:
+            return read_cell_views(r.source_path, r.channels, r.cell_id)
+        except Exception:  # noqa: BLE001 - a moved image leaves an empty tile, not a failed analysis
+            return None
+
+    def caption(self, i: int, extra: str = "") -> str:
+        r = self.cells.iloc[i]
+        vol = r.get("structure_volume")
+        return f"{r.cell_id}{extra}\nV {vol:.0f}" if pd.notna(vol) else f"{r.cell_id}{extra}"
+
+    def page(self, name: str, real_row: list, decoded_row: list, title: str) -> Path:
+        from cellrep_core.analysis.render import tiles_png
+
+        path = self.out_dir / f"{name}.png"
+        tiles_png([real_row, decoded_row], path, title, row_labels=["closest cell", "decoded"])
+        return path
+
+
+def _walk_pictures(t: _Tiles, corr: pd.DataFrame, dataset: str, pictures: dict) -> dict[int, pd.DataFrame]:
+    """Walks along the top PCs (and the PC that follows structure volume): closest cells and decoded shapes."""
+    res, walks = t.res, {}
+    vol_pc, _ = best_pc(corr)
+    walk_pcs = sorted(set(range(1, min(N_WALK_PCS, res.scores.shape[1]) + 1)) | ({vol_pc} if vol_pc else set()))
+    for pc in walk_pcs:
+        pts = pc_walk_points(res, pc - 1)
+        near = t.nearest(pts)[:, 0]
+        walks[pc] = pd.DataFrame({"sigma": WALK_SIGMAS, "cell_id": t.cells.cell_id.iloc[near].to_numpy(),
+                                  "score": res.scores[near, pc - 1]})
+        decoded = t.decoded(pts)
+        r_vol = corr[(corr.pc == pc) & (corr.descriptor == "structure_volume")].pearson_r
+        tag = f"; r with structure volume {r_vol.iloc[0]:+.2f}" if len(r_vol) else ""
+        pictures[f"walk_pc{pc}"] = t.page(
+            f"walk_pc{pc}", [(t.real(i), t.caption(i, f" ({s:+g}σ)")) for i, s in zip(near, WALK_SIGMAS, strict=True)],
+            [(shape_views(d), t.dlabel(f"{s:+g}σ")) for d, s in zip(decoded, WALK_SIGMAS, strict=True)],
+            f"{dataset}: PC {pc} ({100 * res.explained_variance_ratio[pc - 1]:.0f} % of the variance{tag}), "
+            "-2σ … +2σ")
+    return walks
+
+
+def _archetype_pictures(t: _Tiles, dataset: str, seed: int, pictures: dict) -> tuple[pd.DataFrame, np.ndarray]:
+    """Archetypes of the codes in the top PCs (their number by the elbow of the residual), closest cells and
+    decoded shapes; returns the archetype table and the residuals."""
+    xa = t.res.scores[:, : t.d_near]
+    k, rss = choose_n_archetypes(xa, seed=seed)
+    z, _, _ = archetypes(xa, k, seed=seed)
+    near = nearest_rows(z, xa, 1)[:, 0]
+    decoded = t.decoded(np.pad(z, ((0, 0), (0, t.res.scores.shape[1] - t.d_near))))
+    pictures["archetypes"] = t.page(
+        "archetypes", [(t.real(i), t.caption(i, f" (A{j + 1})")) for j, i in enumerate(near)],
+        [(shape_views(d), t.dlabel(f"A{j + 1}")) for j, d in enumerate(decoded)],
+        f"{dataset}: {k} archetypes (elbow of the residual over 2-8)")
+    return pd.DataFrame({"archetype": np.arange(1, k + 1), "cell_id": t.cells.cell_id.iloc[near].to_numpy()}), rss
+
+
+def _bin_pictures(t: _Tiles, dataset: str, pictures: dict) -> pd.DataFrame:
+    """Mean code per nuclear-volume bin (a pseudo cell cycle): closest cell and decoded shape per bin."""
+    cells = t.cells
+    if cells.nuclear_volume.notna().sum() < 10:
+        return pd.DataFrame()
+    bins = nuclear_volume_bins(cells.nuclear_volume.to_numpy(float), t.res.scores)
+    dec = t.decoded(np.stack(bins.mean_code.to_numpy()))
+    pictures["nuclear_volume_bins"] = t.page(
+        "nuclear_volume_bins",
+        [(t.real(int(r.closest_row)), f"{r.nuclear_volume_lo:.0f}-{r.nuclear_volume_hi:.0f} µm³\n"
+          f"{cells.cell_id.iloc[int(r.closest_row)]}") for r in bins.itertuples()],
+        [(shape_views(d), t.dlabel(f"bin {b}")) for b, d in zip(bins.bin, dec, strict=True)],
+        f"{dataset}: mean code per nuclear-volume bin (pseudo cell cycle)")
+    return bins.assign(closest_cell_id=cells.cell_id.iloc[bins.closest_row].to_numpy()).drop(
+        columns=["closest_row", "mean_code"])
+
+
+def _described_cells(wh, meta: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """The embedded cells with their shape features and hand-crafted features."""
+    cells = wh.query("SELECT cell_id, label, source_path, channels, voxel_size_um FROM cells WHERE dataset = ?",
+                     [dataset])
+    cells = meta[["cell_id"]].merge(cells, on="cell_id", how="left")
+    shapes = shape_feature_table(cells)
+    hc = wh.query("SELECT cell_id, volume, surface_area, n_pieces, mean_piece_distance FROM handcrafted_features "
+                  "WHERE dataset = ?", [dataset])
+    return cells.merge(shapes, on="cell_id", how="left").merge(hc, on="cell_id", how="left")
+
+
 def interpret_dataset(wh, fs, dataset: str, out_dir: Path, model_version: str | None = None,
                       partition: str = "reference", n_components: int = 20, seed: int = 0,
                       progress=None) -> Interpretation:
     """PCA, correlations, walks (real and decoded), archetypes, nuclear-volume bins and a 2-D map of a data set's
     codes by its base model (or ``model_version``); pictures under ``out_dir``."""
     from cellrep_core import paths, pipeline
-    from cellrep_core.analysis.render import tiles_png
     from cellrep_core.models.train import load_model
     from cellrep_core.pointclouds.build import read_pointclouds
 
@@ -323,14 +431,8 @@ def interpret_dataset(wh, fs, dataset: str, out_dir: Path, model_version: str | 
     # PCA of the raw codes: the whitened ones have unit variance along every axis of the training cells, so their
     # principal components would be arbitrary (explained variance 1/d each on the reference set itself)
     x = np.asarray(vecs, dtype=np.float64)
-    cells = wh.query("SELECT cell_id, label, source_path, channels, voxel_size_um FROM cells WHERE dataset = ?",
-                     [dataset])
-    cells = meta[["cell_id"]].merge(cells, on="cell_id", how="left")
-    say(f"{dataset}: shape features of {len(cells)} cells")
-    shapes = shape_feature_table(cells)
-    hc = wh.query("SELECT cell_id, volume, surface_area, n_pieces, mean_piece_distance FROM handcrafted_features "
-                  "WHERE dataset = ?", [dataset])
-    cells = cells.merge(shapes, on="cell_id", how="left").merge(hc, on="cell_id", how="left")
+    say(f"{dataset}: shape features of {len(meta)} cells")
+    cells = _described_cells(wh, meta, dataset)
     res = pca(x, n_components, seed)
     desc_cols = [c for c in (*SHAPE_FEATURES, "volume", "surface_area", "n_pieces", "mean_piece_distance")
                  if c in cells.columns]
@@ -338,83 +440,17 @@ def interpret_dataset(wh, fs, dataset: str, out_dir: Path, model_version: str | 
     say(f"{dataset}: canonical latents for decoding")
     model = load_model(tm.path)
     items = {it.cell_id: it for it in read_pointclouds(paths.pointcloud_path(dataset, partition))}
-    items = [items[c] for c in meta.cell_id]
-    lat, eb = canonical_latents(model, items)
-    inside = _true_inside_fraction(model, eb)
+    lat, eb = canonical_latents(model, [items[c] for c in meta.cell_id])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    d_near = min(10, res.scores.shape[1])  # closest cells in the top PCs
-
-    def decoded_of(points: np.ndarray) -> list[np.ndarray]:
-        nn = nearest_rows(points[:, :d_near], res.scores[:, :d_near], DECODE_NEIGHBOURS)
-        shapes, level = decode_shapes(model, lat[nn].mean(axis=1), eb, inside)
-        levels.append(level)
-        return shapes
-
-    def dlabel(text: str) -> str:
-        return f"decoded {text}" + (f"\n(SDF < {levels[-1]:.3f})" if levels and levels[-1] != 0 else "")
-
-    levels: list[float] = []
-
-    def real(i: int) -> np.ndarray | None:
-        from cellrep_core.analysis.render import read_cell_views
-
-        r = cells.iloc[i]
-        try:
-            return read_cell_views(r.source_path, r.channels, r.cell_id)
-        except Exception:  # noqa: BLE001 - a moved image leaves an empty tile, not a failed analysis
-            return None
-
-    def caption(i: int, extra: str = "") -> str:
-        r = cells.iloc[i]
-        vol = r.get("structure_volume")
-        return f"{r.cell_id}{extra}\nV {vol:.0f}" if pd.notna(vol) else f"{r.cell_id}{extra}"
-
+    tiles = _Tiles(model, lat, eb, _true_inside_fraction(model, eb), res, cells, out_dir)
     pictures: dict[str, Path] = {}
-    walks: dict[int, pd.DataFrame] = {}
-    vol_pc, _ = best_pc(corr)
-    walk_pcs = sorted(set(range(1, min(N_WALK_PCS, res.scores.shape[1]) + 1)) | ({vol_pc} if vol_pc else set()))
-    say(f"{dataset}: walks along PCs {walk_pcs}")
-    for pc in walk_pcs:
-        pts = pc_walk_points(res, pc - 1)
-        near = nearest_rows(pts[:, :d_near], res.scores[:, :d_near], 1)[:, 0]
-        walks[pc] = pd.DataFrame({"sigma": WALK_SIGMAS, "cell_id": cells.cell_id.iloc[near].to_numpy(),
-                                  "score": res.scores[near, pc - 1]})
-        decoded = decoded_of(pts)
-        rows = [[(real(i), caption(i, f" ({s:+g}σ)")) for i, s in zip(near, WALK_SIGMAS, strict=True)],
-                [(shape_views(d), dlabel(f"{s:+g}σ")) for d, s in zip(decoded, WALK_SIGMAS, strict=True)]]
-        r_vol = corr[(corr.pc == pc) & (corr.descriptor == "structure_volume")].pearson_r
-        tag = f"; r with structure volume {r_vol.iloc[0]:+.2f}" if len(r_vol) else ""
-        pictures[f"walk_pc{pc}"] = out_dir / f"walk_pc{pc}.png"
-        tiles_png(rows, pictures[f"walk_pc{pc}"],
-                  f"{dataset}: PC {pc} ({100 * res.explained_variance_ratio[pc - 1]:.0f} % of the variance{tag}), "
-                  "-2σ … +2σ", row_labels=["closest cell", "decoded"])
+    say(f"{dataset}: walks along the top PCs")
+    walks = _walk_pictures(tiles, corr, dataset, pictures)
     say(f"{dataset}: archetypes")
-    xa = res.scores[:, :d_near]
-    k, rss = choose_n_archetypes(xa, seed=seed)
-    z, _, _ = archetypes(xa, k, seed=seed)
-    arch_near = nearest_rows(z, xa, 1)[:, 0]
-    arch = pd.DataFrame({"archetype": np.arange(1, k + 1), "cell_id": cells.cell_id.iloc[arch_near].to_numpy()})
-    pictures["archetypes"] = out_dir / "archetypes.png"
-    tiles_png([[(real(i), caption(i, f" (A{j + 1})")) for j, i in enumerate(arch_near)],
-               [(shape_views(d), dlabel(f"A{j + 1}")) for j, d in enumerate(decoded_of(
-                   np.pad(z, ((0, 0), (0, res.scores.shape[1] - d_near)))))]],
-              pictures["archetypes"], f"{dataset}: {k} archetypes (elbow of the residual over 2-8)",
-              row_labels=["closest cell", "decoded"])
-    bins = pd.DataFrame()
-    if cells.nuclear_volume.notna().sum() >= 10:
-        say(f"{dataset}: nuclear-volume bins")
-        bins = nuclear_volume_bins(cells.nuclear_volume.to_numpy(float), res.scores)
-        centres = np.stack(bins.mean_code.to_numpy())
-        dec = decoded_of(centres)
-        pictures["nuclear_volume_bins"] = out_dir / "nuclear_volume_bins.png"
-        tiles_png([[(real(int(r.closest_row)), f"{r.nuclear_volume_lo:.0f}-{r.nuclear_volume_hi:.0f} µm³\n"
-                     f"{cells.cell_id.iloc[int(r.closest_row)]}") for r in bins.itertuples()],
-                   [(shape_views(d), dlabel(f"bin {b}")) for b, d in zip(bins.bin, dec, strict=True)]],
-                  pictures["nuclear_volume_bins"], f"{dataset}: mean code per nuclear-volume bin (pseudo cell cycle)",
-                  row_labels=["closest cell", "decoded"])
-        bins = bins.assign(closest_cell_id=cells.cell_id.iloc[bins.closest_row].to_numpy()).drop(
-            columns=["closest_row", "mean_code"])
+    arch, rss = _archetype_pictures(tiles, dataset, seed, pictures)
+    say(f"{dataset}: nuclear-volume bins")
+    bins = _bin_pictures(tiles, dataset, pictures)
     say(f"{dataset}: 2-D map")
     pictures["map"] = _map_plot(embedding_map(x, seed), cells, out_dir / "map.png", dataset)
     pictures["correlations"] = _corr_plot(corr, res, out_dir / "pc_correlations.png", dataset)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -46,18 +47,30 @@ _NUMERIC_COLUMNS = {"voxel_size_um": float, "seed": int, "concentration": float}
 _STRING_COLUMNS = tuple(c for c in MANIFEST_COLUMNS if c not in _NUMERIC_COLUMNS)
 
 
-def _split_channels(channels: list[str] | tuple[str, ...] | str) -> list[str]:
-    """Return channel names from a list or a ';'-joined string."""
-    if isinstance(channels, str):
-        return [c.strip() for c in channels.split(";") if c.strip()]
-    return [str(c) for c in channels]
+def split_list(value: object) -> list[str]:
+    """The entries of a manifest's ';'-joined list (channels, paths of a multi-file field of view), or of a list;
+    blanks dropped."""
+    if isinstance(value, list | tuple):
+        return [str(c).strip() for c in value if str(c).strip()]
+    return [c.strip() for c in str(value if value is not None else "").split(";") if c.strip()]
+
+
+def channel_names(channels: object) -> list[str]:
+    """The channel names of a channel spec (``nucleus;structure`` or ``nucleus=0;structure=3``)."""
+    return [name for name, _ in parse_channels(channels)]
+
+
+def cell_seed(cell_id: str, seed: int = 0) -> int:
+    """A stable integer seed of one cell under a seed (CRC32: the same in every process and batch order): the
+    seed of a cell's point draws."""
+    return zlib.crc32(f"{seed}:{cell_id}".encode())
 
 
 def parse_channels(channels: list[str] | tuple[str, ...] | str) -> list[tuple[str, int | None]]:
     """Channel spec -> [(name, index or None)]: ``'nucleus;structure'`` (all channels of the file, in
     order) or ``'nucleus=0;cell=1;structure=3'`` (named channels of a file that may hold more)."""
     out: list[tuple[str, int | None]] = []
-    for entry in _split_channels(channels):
+    for entry in split_list(channels):
         name, sep, idx = entry.partition("=")
         if sep:
             try:

@@ -32,7 +32,7 @@ from cellrep_core.data.synthetic import (
     _to_u8,
     _write_cell_tiff,
     _write_manifest,
-    cell_seed,
+    key_seed,
     plate_plan,
     polymorphic_cell,
     random_nucleus,
@@ -85,7 +85,7 @@ def generate_coupled_dataset(out_dir: Path, n_cells: int = 160, seed: int = 31, 
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, truth = [], []
     for i in range(n_cells):
-        cseed = cell_seed(seed, i)
+        cseed = key_seed(seed, i)
         nmask, smask, info = coupled_cell(np.random.default_rng(cseed), grid, nucleus_scale=REFERENCE_NUCLEUS_SCALE)
         cell_id = f"{dataset}_{i:04d}"
         _write_cell_tiff(out_dir / f"{cell_id}.tiff", np.stack([_to_u8(nmask), _to_u8(smask)]))
@@ -114,7 +114,7 @@ def generate_coupled_plate(out_dir: Path, plate_id: str, seed: int, n_dmso: int 
     for drug, effect, well, n in plan:
         key = _name_key(drug)
         for i in range(n):
-            cseed = cell_seed(seed, key, i)
+            cseed = key_seed(seed, key, i)
             nmask, smask, _ = coupled_cell(np.random.default_rng(cseed), grid, effect)
             cell_id = f"{plate_id}_{well}_{i:03d}"
             _write_cell_tiff(out_dir / f"{cell_id}.tiff", np.stack([_to_u8(nmask), _to_u8(smask)]))

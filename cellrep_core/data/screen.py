@@ -48,8 +48,8 @@ from cellrep_core.data.synthetic import (
     _to_u8,
     _write_cell_tiff,
     _write_manifest,
-    cell_seed,
     grid_scale,
+    key_seed,
     polymorphic_cell,
     random_nucleus,
 )
@@ -209,7 +209,7 @@ def all_wells() -> list[str]:
 def plate_layout(spec: ScreenSpec, replicate: int) -> dict[tuple, str]:
     """Random well of every (drug, concentration) on one replicate plate, and the DMSO wells (key
     ``(DMSO, 0.0, i)``); ``n_edge_dmso_wells`` of the DMSO wells are edge wells."""
-    rng = np.random.default_rng(cell_seed(spec.seed, 7, replicate))
+    rng = np.random.default_rng(key_seed(spec.seed, 7, replicate))
     wells = all_wells()
     edge = [w for w in wells if is_edge_well(w)]
     inner = [w for w in wells if not is_edge_well(w)]
@@ -302,7 +302,7 @@ def generate_screen(spec: ScreenSpec, out_root: Path) -> list[Path]:
         out = out_root / plate_id
         out.mkdir(parents=True, exist_ok=True)
         layout = plate_layout(spec, k)
-        brng = np.random.default_rng(cell_seed(spec.seed, 11, k))
+        brng = np.random.default_rng(key_seed(spec.seed, 11, k))
         batch_factor = float(np.exp(brng.normal(0.0, spec.nuisance.batch_sd))) if spec.nuisance.batch_sd else 1.0
         rows, truth_rows = [], []
         plan: list[tuple[str, str, float, float, str]] = []
@@ -316,7 +316,7 @@ def generate_screen(spec: ScreenSpec, out_root: Path) -> list[Path]:
             edge = is_edge_well(well)
             n_bad = spec.n_bad if j == 0 else 0
             for i in range(spec.n_per_well + n_bad):
-                cseed = cell_seed(spec.seed, k, _name_key(drug), _name_key(f"{conc:g}"), _name_key(well), i)
+                cseed = key_seed(spec.seed, k, _name_key(drug), _name_key(f"{conc:g}"), _name_key(well), i)
                 rng = np.random.default_rng(cseed)
                 nmask, smask, truth = screen_cell(rng, effect, strength, spec.nuisance, batch_factor, edge, spec.grid)
                 bad = (i - spec.n_per_well) % 2 if i >= spec.n_per_well else -1

@@ -183,7 +183,7 @@ def random_nucleus(rng: np.random.Generator, grid: int) -> Nucleus:
 # --------------------------------------------------------------------------------------- seeds, files
 
 
-def cell_seed(seed: int, *key: int) -> int:
+def key_seed(seed: int, *key: int) -> int:
     """Return a cell's integer seed derived from the data set seed and the cell's stable integer key."""
     ss = np.random.SeedSequence(int(seed), spawn_key=tuple(int(k) for k in key))
     return int(ss.generate_state(1, dtype=np.uint32)[0])
@@ -353,7 +353,7 @@ def generate_punctate_dataset(
     truth: list[pd.DataFrame] = []
     for k, rule in enumerate(PUNCTATE_RULES):
         for i in range(n_per_rule):
-            cseed = cell_seed(seed, k, i)
+            cseed = key_seed(seed, k, i)
             raw, nmask, centres, _ = punctate_cell(np.random.default_rng(cseed), grid, rule)
             cell_id = f"{dataset}_{rule}_{i:03d}"
             arr = np.stack([raw, nmask.astype(np.uint16) * np.uint16(255)])
@@ -521,7 +521,7 @@ def generate_polymorphic_dataset(
     channels = ("nucleus", "structure")
     rows: list[dict[str, Any]] = []
     for i in range(n_cells):
-        cseed = cell_seed(seed, i)
+        cseed = key_seed(seed, i)
         rng = np.random.default_rng(cseed)
         n_pieces = int(rng.integers(REFERENCE_PIECES[0], REFERENCE_PIECES[1] + 1))
         volume = float(rng.uniform(*REFERENCE_VOLUME)) * vol_scale
@@ -598,7 +598,7 @@ def generate_drug_plate(
     for drug, effect, well, n in plan:
         key = _name_key(drug)
         for i in range(n):
-            cseed = cell_seed(seed, key, i)
+            cseed = key_seed(seed, key, i)
             rng = np.random.default_rng(cseed)
             n_pieces, volume, elongation = plate_cell_parameters(rng, effect, grid)
             nmask, smask, _ = polymorphic_cell(rng, grid, n_pieces, volume, elongation)
@@ -697,7 +697,7 @@ def generate_mixed_plate(
         key = _name_key(drug)
         for i in range(n):
             label = CONTROL_LABEL if drug == CONTROL_DRUG else poly
-            cseed = cell_seed(seed, key, 0, i)
+            cseed = key_seed(seed, key, 0, i)
             rng = np.random.default_rng(cseed)
             n_pieces, volume, elongation = plate_cell_parameters(rng, poly, grid)
             nmask, smask, _ = polymorphic_cell(rng, grid, n_pieces, volume, elongation)
@@ -706,7 +706,7 @@ def generate_mixed_plate(
             rows.append(_row(cell_id, PLATES_DATASET, "polymorphic", POLYMORPHIC_STRUCTURE, label,
                              ("nucleus", "structure"), cseed, plate_id=plate_id, well=well, drug=drug))
             label = CONTROL_LABEL if drug == CONTROL_DRUG else punct
-            cseed = cell_seed(seed, key, 1, i)
+            cseed = key_seed(seed, key, 1, i)
             raw, pmask, _, _ = punctate_cell(np.random.default_rng(cseed), grid, PUNCTATE_EFFECTS[punct])
             cell_id = f"{plate_id}_{well}_f{i:03d}"
             _write_cell_tiff(out_dir / f"{cell_id}.tiff", np.stack([raw, pmask.astype(np.uint16) * np.uint16(255)]))

@@ -331,6 +331,98 @@ def n_parameters(model) -> int:
 # ------------------------------------------------------------------------------------- the table
 
 
+def efficiency_rows(model, test: list[CloudItem], emissions: bool, train_metrics: dict | None,
+                    draws: int = EMBED_DRAWS) -> tuple[list[dict], np.ndarray]:
+    """Parameters, input preparation, inference and per-code time, emissions and training time; returns the
+    rows and the held-out cells' inputs as the model takes them (images rendered, point subsets drawn)."""
+    cfg = model.cfg
+    rows = [row("n_parameters", n_parameters(model), n=1, note="trainable and frozen parameters")]
+    # inputs timed apart from the model: inference time and emissions are the model's forward pass alone
+    t0 = time.perf_counter()
+    inputs = np.stack([model_inputs(it, cfg) for it in test])
+    prep = (time.perf_counter() - t0) / max(len(test), 1)
+    rows.append(row("input_seconds_per_cell", prep, n=len(test),
+                    note=f"{'image rendering' if cfg.family == 'image' else 'point draw'} from the stored "
+                         "clouds, one CPU thread of numpy/scipy (not scored)"))
+    embed_points(model, inputs[:2])  # warm-up (first-call allocations, escnn filter expansion)
+    t0 = time.perf_counter()
+    embed_points(model, inputs)  # one forward pass per cell
+    per_cell = (time.perf_counter() - t0) / max(len(test), 1)
+    shape = "×".join(str(v) for v in inputs.shape[1:])
+    rows.append(row("inference_seconds_per_cell", per_cell, n=len(test),
+                    note=f"encoder forward pass on {shape} inputs, {device_accelerator()}, batch 32"))
+    draws = n_draws(cfg, draws)
+    rows.append(row("embedding_seconds_per_cell", per_cell * draws + prep * draws, n=len(test),
+                    note=f"what a user pays per stored code: {draws} input draws (prepared and encoded) averaged "
+                         "into one code (not scored: the same speed as inference_seconds_per_cell)"))
+    if emissions:
+        g, note = measure_emissions(lambda: (embed_points(model, inputs), len(test))[1])
+        rows.append(row("emissions_g_co2eq_per_cell", g, n=len(test), note=note))
+    else:
+        rows.append(row("emissions_g_co2eq_per_cell", None, note="emissions measurement switched off"))
+    tm = train_metrics or {}
+    rows.append(row("train_seconds", tm.get("train_seconds"), n=tm.get("n_train"),
+                    note=f"{tm.get('epochs')} epochs on {tm.get('device')}" if tm else "no training record"))
+    return rows, inputs
+
+
+def reconstruction_rows(model, test: list[CloudItem], test_note: str, pairs: np.ndarray) -> list[dict]:
+    """Reconstruction error (and 1 − IoU of SDF models) and evolution energy on held-out cells, in the model's
+    canonical frame."""
+    cfg = model.cfg
+    eb = eval_batch(cfg, test)
+    lat, tgt = latents_and_targets(model, eb)
+    rec = reconstruction(model, eb, lat, tgt)
+    what = {"punctate": "Chamfer distance of point clouds", "sdf": f"L1 of SDF clipped at ±{cfg.sdf_clip}"}
+    volume = cfg.image_input if cfg.kind == "sdf" else "intensity"
+    what = what[cfg.kind] if cfg.family == "pointcloud" else f"MSE of {volume} volumes"
+    rows = [row("reconstruction_error", rec["error"].mean(), rec["error"].std(), len(rec["error"]),
+                f"{what}, {test_note}")]
+    if "one_minus_iou" in rec and len(rec["one_minus_iou"]):
+        r = rec["one_minus_iou"]
+        rows.append(row("reconstruction_1_minus_iou", r.mean(), r.std(), len(r),
+                        f"inside = {'segmentation > 0.5' if cfg.image_input == 'segmentation' else 'SDF < 0'}, "
+                        f"canonical evaluation grid, {test_note}"))
+    else:
+        rows.append(row("reconstruction_1_minus_iou", None,
+                        note="not a signed-distance model" if cfg.kind != "sdf" else "no inside voxels"))
+    ee = evolution_energy(lambda lt, ia: model.decode_latent(lt, eb.take(ia)), model.reconstruction_error,
+                          lat, tgt, pairs)
+    rows.append(row("evolution_energy", ee[0], ee[1], ee[2],
+                    f"t = 0.1..0.9 between random pairs of {test_note}; loss: {what}"
+                    if ee[2] else "fewer than two distinct held-out cells"))
+    return rows
+
+
+def rotation_rows(model, inputs: np.ndarray, n_rotations: int, seed: int, test_note: str) -> list[dict]:
+    """Rotation invariance of the codes of held-out inputs turned as drawn: random SO(3) rotations (and the
+    change over the spread of codes) and the 90° turns about z."""
+    rows = []
+    for name, rots, what_rot in (("rotation_invariance_error", random_rotations(n_rotations, seed),
+                                  f"{n_rotations} random SO(3) rotations"),
+                                 ("rotation_invariance_error_z90", z90_rotations(), "90°, 180°, 270° about z")):
+        r = rotation_invariance_error(model, inputs, rots)
+        rows.append(row(name, r["mean"], r["std"], r["n"], f"{what_rot}, max {r['max']:.2e}, {test_note}"))
+        if name == "rotation_invariance_error":
+            ok = np.isfinite(r["spread_mean"])
+            rows.append(row("rotation_invariance_error_spread", r["spread_mean"], r["spread_std"], r["n"],
+                            f"‖z_R − z‖ / mean distance between two held-out cells' codes "
+                            f"({r['code_spread']:.3g}), {what_rot}, {test_note}" if ok
+                            else "fewer than two distinct held-out codes"))
+    return rows
+
+
+def compactness_rows(z: np.ndarray) -> list[dict]:
+    """The intrinsic dimension of all cells' codes (Levina–Bickel)."""
+    k1, k2 = compactness_k(len(z))
+    try:
+        idim, idim_sd = levina_bickel(z, k1, k2)
+    except ValueError as err:
+        return [row("intrinsic_dimension", None, note=f"Levina–Bickel: {err}")]
+    return [row("intrinsic_dimension", idim, idim_sd, len(z),
+                f"Levina–Bickel MLE, k = {k1}..{k2} (0.8–1.6 % of N, at least 5..10), all cells")]
+
+
 def benchmark_model(
     model,
     items: list[CloudItem],
@@ -350,9 +442,7 @@ def benchmark_model(
     rows of the ``cells`` table (labels), ``features`` its hand-crafted features (regression targets),
     ``turned`` a few held-out cells sampled again from their turned images (``metrics/end_to_end.py``;
     None: the end-to-end rows are NULL)."""
-    cfg = model.cfg
     model.eval()
-    rows: list[dict] = []
     held = set(held_out)
     test = [it for it in items if it.cell_id in held]
     test_note = "held-out cells"
@@ -360,60 +450,10 @@ def benchmark_model(
         test, test_note = items, "no held-out cells recorded: all cells"
     test_note += f" (n={len(test)})"
 
-    # efficiency
-    rows.append(row("n_parameters", n_parameters(model), n=1, note="trainable and frozen parameters"))
-    # inputs of the held-out cells as the model takes them (images rendered, point subsets drawn), timed
-    # apart from the model: inference time and emissions are the model's forward pass alone
-    t0 = time.perf_counter()
-    inputs = np.stack([model_inputs(it, cfg) for it in test])
-    prep = (time.perf_counter() - t0) / max(len(test), 1)
-    rows.append(row("input_seconds_per_cell", prep, n=len(test),
-                    note=f"{'image rendering' if cfg.family == 'image' else 'point draw'} from the stored "
-                         "clouds, one CPU thread of numpy/scipy (not scored)"))
-    embed_points(model, inputs[:2])  # warm-up (first-call allocations, escnn filter expansion)
-    t0 = time.perf_counter()
-    embed_points(model, inputs)  # one forward pass per cell
-    per_cell = (time.perf_counter() - t0) / max(len(test), 1)
-    shape = "×".join(str(v) for v in inputs.shape[1:])
-    rows.append(row("inference_seconds_per_cell", per_cell, n=len(test),
-                    note=f"encoder forward pass on {shape} inputs, {device_accelerator()}, batch 32"))
-    draws = n_draws(cfg, EMBED_DRAWS)
-    rows.append(row("embedding_seconds_per_cell", per_cell * draws + prep * draws, n=len(test),
-                    note=f"what a user pays per stored code: {draws} input draws (prepared and encoded) averaged "
-                         "into one code (not scored: the same speed as inference_seconds_per_cell)"))
-    if emissions:
-        g, note = measure_emissions(lambda: (embed_points(model, inputs), len(test))[1])
-        rows.append(row("emissions_g_co2eq_per_cell", g, n=len(test), note=note))
-    else:
-        rows.append(row("emissions_g_co2eq_per_cell", None, note="emissions measurement switched off"))
-    tm = train_metrics or {}
-    rows.append(row("train_seconds", tm.get("train_seconds"), n=tm.get("n_train"),
-                    note=f"{tm.get('epochs')} epochs on {tm.get('device')}" if tm else "no training record"))
-
-    # reconstruction and interpolation on held-out cells, in the model's canonical frame
-    eb = eval_batch(cfg, test)
-    lat, tgt = latents_and_targets(model, eb)
-    rec = reconstruction(model, eb, lat, tgt)
-    what = {"punctate": "Chamfer distance of point clouds", "sdf": f"L1 of SDF clipped at ±{cfg.sdf_clip}"}
-    volume = cfg.image_input if cfg.kind == "sdf" else "intensity"
-    what = what[cfg.kind] if cfg.family == "pointcloud" else f"MSE of {volume} volumes"
-    rows.append(row("reconstruction_error", rec["error"].mean(), rec["error"].std(), len(rec["error"]),
-                    f"{what}, {test_note}"))
-    if "one_minus_iou" in rec and len(rec["one_minus_iou"]):
-        r = rec["one_minus_iou"]
-        rows.append(row("reconstruction_1_minus_iou", r.mean(), r.std(), len(r),
-                        f"inside = {'segmentation > 0.5' if cfg.image_input == 'segmentation' else 'SDF < 0'}, "
-                        f"canonical evaluation grid, {test_note}"))
-    else:
-        rows.append(row("reconstruction_1_minus_iou", None,
-                        note="not a signed-distance model" if cfg.kind != "sdf" else "no inside voxels"))
+    draws = n_draws(model.cfg, draws)  # point clouds: the stored code averages draws; an image is one
+    rows, inputs = efficiency_rows(model, test, emissions, train_metrics, draws)
     pairs = random_pairs(len(test), n_pairs, seed)
-    ee = evolution_energy(lambda lt, ia: model.decode_latent(lt, eb.take(ia)), model.reconstruction_error,
-                          lat, tgt, pairs)
-    rows.append(row("evolution_energy", ee[0], ee[1], ee[2],
-                    f"t = 0.1..0.9 between random pairs of {test_note}; loss: {what}"
-                    if ee[2] else "fewer than two distinct held-out cells"))
-
+    rows += reconstruction_rows(model, test, test_note, pairs)
     # codes of every cell (the stored embedding: mean over input draws)
     z = embed_items(model, items, draws=draws)
     ids = [it.cell_id for it in items]
@@ -423,31 +463,9 @@ def benchmark_model(
     rows.append(row("interpolation_distance", idist[0], idist[1], idist[2],
                     "nearest real code (pair ends excluded) / median real nearest-neighbour distance, "
                     f"codes of {test_note}" if idist[2] else "fewer than four held-out cells"))
-
-    # rotation invariance on held-out inputs
-    for name, rots, what_rot in (("rotation_invariance_error", random_rotations(n_rotations, seed),
-                                  f"{n_rotations} random SO(3) rotations"),
-                                 ("rotation_invariance_error_z90", z90_rotations(), "90°, 180°, 270° about z")):
-        r = rotation_invariance_error(model, inputs, rots)
-        rows.append(row(name, r["mean"], r["std"], r["n"], f"{what_rot}, max {r['max']:.2e}, {test_note}"))
-        if name == "rotation_invariance_error":
-            ok = np.isfinite(r["spread_mean"])
-            rows.append(row("rotation_invariance_error_spread", r["spread_mean"], r["spread_std"], r["n"],
-                            f"‖z_R − z‖ / mean distance between two held-out cells' codes "
-                            f"({r['code_spread']:.3g}), {what_rot}, {test_note}" if ok
-                            else "fewer than two distinct held-out codes"))
-
+    rows += rotation_rows(model, inputs, n_rotations, seed, test_note)
     rows += end_to_end_rows(model, turned, zt, draws, test_note)
-
-    # compactness
-    k1, k2 = compactness_k(len(z))
-    try:
-        idim, idim_sd = levina_bickel(z, k1, k2)
-        rows.append(row("intrinsic_dimension", idim, idim_sd, len(z),
-                        f"Levina–Bickel MLE, k = {k1}..{k2} (0.8–1.6 % of N, at least 5..10), all cells"))
-    except ValueError as err:
-        rows.append(row("intrinsic_dimension", None, note=f"Levina–Bickel: {err}"))
-
+    rows += compactness_rows(z)
     rows += label_rows(z, ids, cells, seed)
     rows += regression_rows(z, ids, features, cells, seed)
     return pd.DataFrame(rows, columns=COLUMNS)

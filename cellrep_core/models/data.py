@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import zlib
-
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from cellrep_core.data.cells import cell_seed
 from cellrep_core.models.config import ModelConfig
 from cellrep_core.pointclouds.items import CloudItem
 from cellrep_core.pointclouds.punctate import training_sample
 from cellrep_core.pointclouds.sdf import query_grid
-
-
-def cell_seed(cell_id: str, seed: int = 0) -> int:
-    """Stable per-cell seed (independent of batch order and process)."""
-    return zlib.crc32(f"{seed}:{cell_id}".encode())
 
 
 def fixed_points(item: CloudItem, cfg: ModelConfig, draw: int = 0) -> np.ndarray:

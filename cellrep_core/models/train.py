@@ -153,6 +153,110 @@ def resumable_checkpoint(path: Path, name: str) -> tuple[Path, int] | None:
     return None
 
 
+def _reuse(cfg: ModelConfig, version: str, out: Path, items: list[CloudItem]) -> TrainedModel | None:
+    """The version already trained under ``out``, or None (absent, or a torn ``model.pt``, removed so that the
+    version is trained again)."""
+    if not (out / "model.pt").exists():
+        return None
+    from cellrep_core.errors import CorruptFileError
+
+    try:
+        reused = load_model(out)
+    except CorruptFileError as err:  # torn or damaged: train this version again instead of reusing it
+        log.warning("%s", err)
+        (out / "model.pt").unlink()
+        return None
+    meta = json.loads((out / "lineage.json").read_text())
+    if not (out / WHITENING_FILE).exists():
+        fit_whitening(reused, items, out)
+    return TrainedModel(cfg.name, version, out, cfg, meta.get("metrics", {}), reused=True)
+
+
+def _loaders(cfg: ModelConfig, train: list[CloudItem], val: list[CloudItem], world: int, rank: int,
+             per_item: bool) -> tuple[DataLoader, DataLoader | None]:
+    """Training and validation loaders; with per-item draws one permutation per epoch, sharded across the
+    processes (one process: the whole permutation)."""
+    train_ds = make_dataset(cfg, train, train=True, seed=cfg.seed)
+    drop_last = len(train) > cfg.batch_size
+    if per_item:
+        train_ds.per_item_draws = True
+        sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
+                                     drop_last=drop_last)
+        train_dl = DataLoader(train_ds, batch_size=cfg.batch_size // world, sampler=sampler, drop_last=drop_last)
+    else:
+        gen = torch.Generator().manual_seed(cfg.seed)
+        train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=gen, drop_last=drop_last)
+    if not val:
+        return train_dl, None
+    val_ds = make_dataset(cfg, val, train=False)
+    val_sampler = DistributedSampler(val_ds, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
+    return train_dl, DataLoader(val_ds, batch_size=cfg.batch_size, sampler=val_sampler)
+
+
+def _trainer(cfg: ModelConfig, out: Path, n_train: int, has_val: bool, distributed: bool, world: int,
+             per_item: bool, callbacks: list[L.Callback] | None) -> tuple[L.Trainer, ModelCheckpoint]:
+    """The Lightning trainer: best.ckpt by validation loss (when there is a validation set) and last.ckpt every
+    epoch, for resuming; early stopping; DDP over ``LOCAL_WORLD_SIZE`` processes per node when distributed."""
+    ckpt = ModelCheckpoint(dirpath=out, filename="best", monitor="val_loss" if has_val else None,
+                           save_top_k=1 if has_val else 0, save_last=True)
+    from cellrep_core.progress import epoch_progress
+
+    cbs = [ckpt, *([EarlyStopping(monitor="val_loss", patience=cfg.patience)] if has_val else []),
+           epoch_progress(f"training {cfg.name} on {n_train} cells", cfg.max_epochs), *(callbacks or []),
+           *([_EpochDraws()] if per_item else []), _FaultPoint()]
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    ddp = {"strategy": "ddp_find_unused_parameters_true", "devices": local, "num_nodes": max(1, world // local),
+           "sync_batchnorm": torch.cuda.is_available(), "use_distributed_sampler": False} if distributed \
+        else {"devices": 1}
+    trainer = L.Trainer(
+        max_epochs=cfg.max_epochs,
+        accelerator=device_accelerator(),
+        **ddp,
+        precision=train_precision(),
+        callbacks=cbs,
+        logger=CSVLogger(out, name="logs", version=""),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+    )
+    return trainer, ckpt
+
+
+def _save_weights(model: L.LightningModule, out: Path, version: str) -> None:
+    """``model.pt`` written whole to a temporary file, then renamed: a crash or a full disk never leaves half
+    a model.pt."""
+    tmp = out / "model.pt.tmp"
+    try:
+        torch.save(model.state_dict(), tmp)
+    except (OSError, RuntimeError) as err:
+        tmp.unlink(missing_ok=True)
+        from cellrep_core.errors import disk_full, is_disk_full
+
+        if is_disk_full(err):
+            raise disk_full(err, out / "model.pt", f"the weights of {version}") from err
+        raise
+    os.replace(tmp, out / "model.pt")
+
+
+def _write_record(out: Path, cfg: ModelConfig, version: str, parent: TrainedModel | None, dhash: str,
+                  train: list[CloudItem], val: list[CloudItem], metrics: dict, lineage: dict | None) -> None:
+    """``config.json`` and ``lineage.json`` (parent, data hash, config digest, the split, metrics) of a version."""
+    (out / "config.json").write_text(cfg.model_dump_json(indent=2))
+    meta = {
+        "name": cfg.name,
+        "version": version,
+        "parent_version": parent.version if parent else None,
+        "data_hash": dhash,
+        "config_digest": cfg.digest(),
+        "train_cells": sorted(it.cell_id for it in train),
+        "val_cells": sorted(it.cell_id for it in val),
+        "metrics": metrics,
+        **(lineage or {}),
+    }
+    (out / "lineage.json").write_text(json.dumps(meta, indent=2))
+
+
 def train_model(
     cfg: ModelConfig,
     items: list[CloudItem],
@@ -180,19 +284,8 @@ def train_model(
     dhash = data_hash(items)
     version = model_version(cfg, dhash, parent.version if parent else None, train_precision())
     out = Path(models_root) / cfg.name / version
-    if (out / "model.pt").exists() and not force:
-        from cellrep_core.errors import CorruptFileError
-
-        try:
-            reused = load_model(out)
-        except CorruptFileError as err:  # torn or damaged: train this version again instead of reusing it
-            log.warning("%s", err)
-            (out / "model.pt").unlink()
-        else:
-            meta = json.loads((out / "lineage.json").read_text())
-            if not (out / WHITENING_FILE).exists():
-                fit_whitening(reused, items, out)
-            return TrainedModel(cfg.name, version, out, cfg, meta.get("metrics", {}), reused=True)
+    if not force and (reused := _reuse(cfg, version, out, items)) is not None:
+        return reused
     out.mkdir(parents=True, exist_ok=True)
     world = int(os.environ.get("WORLD_SIZE", "1")) if distributed else 1
     rank = int(os.environ.get("RANK", "0")) if distributed else 0
@@ -208,49 +301,10 @@ def train_model(
         all_reduce_batchnorm(model)  # torch's SyncBatchNorm is CUDA-only
     train, val = split_items(items, cfg.val_fraction, cfg.seed)
     per_item = cfg.per_item_draws or distributed
-    train_ds = make_dataset(cfg, train, train=True, seed=cfg.seed)
-    if per_item:
-        train_ds.per_item_draws = True
-        # one permutation per epoch, sharded across the processes (one process: the whole permutation)
-        sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
-                                     drop_last=len(train) > cfg.batch_size)
-        train_dl = DataLoader(train_ds, batch_size=cfg.batch_size // world, sampler=sampler,
-                              drop_last=len(train) > cfg.batch_size)
-    else:
-        gen = torch.Generator().manual_seed(cfg.seed)
-        train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=gen,
-                              drop_last=len(train) > cfg.batch_size)
-    val_dl = None
-    if val:
-        val_ds = make_dataset(cfg, val, train=False)
-        val_sampler = DistributedSampler(val_ds, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
-        val_dl = DataLoader(val_ds, batch_size=cfg.batch_size, sampler=val_sampler)
-    # best.ckpt by validation loss (when there is a validation set) and last.ckpt every epoch, for resuming
-    ckpt = ModelCheckpoint(dirpath=out, filename="best", monitor="val_loss" if val else None,
-                           save_top_k=1 if val else 0, save_last=True)
+    train_dl, val_dl = _loaders(cfg, train, val, world, rank, per_item)
     resume, start_epoch = resumable_checkpoint(out / LAST_CHECKPOINT, cfg.name) or (None, None)
-    from cellrep_core.progress import epoch_progress
-
-    cbs = [ckpt, *([EarlyStopping(monitor="val_loss", patience=cfg.patience)] if val else []),
-           epoch_progress(f"training {cfg.name} on {len(train)} cells", cfg.max_epochs), *(callbacks or []),
-           *([_EpochDraws()] if per_item else []), _FaultPoint()]
     with _quiet_lightning():
-        ddp = {"strategy": "ddp_find_unused_parameters_true", "devices": int(os.environ.get("LOCAL_WORLD_SIZE", world)),
-               "num_nodes": max(1, world // int(os.environ.get("LOCAL_WORLD_SIZE", world))),
-               "sync_batchnorm": torch.cuda.is_available(), "use_distributed_sampler": False} if distributed \
-            else {"devices": 1}
-        trainer = L.Trainer(
-            max_epochs=cfg.max_epochs,
-            accelerator=device_accelerator(),
-            **ddp,
-            precision=train_precision(),
-            callbacks=cbs,
-            logger=CSVLogger(out, name="logs", version=""),
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            log_every_n_steps=1,
-            num_sanity_val_steps=0,
-        )
+        trainer, ckpt = _trainer(cfg, out, len(train), bool(val), distributed, world, per_item, callbacks)
         t0 = time.perf_counter()
         with compiled_edges(fused_edges_pay_off(cfg)):
             trainer.fit(model, train_dl, val_dl, ckpt_path=resume)
@@ -268,18 +322,7 @@ def train_model(
         Path(ckpt.best_model_path).unlink()
     (out / LAST_CHECKPOINT).unlink(missing_ok=True)
     model = model.cpu().eval()
-    tmp = out / "model.pt.tmp"  # written whole, then renamed: a crash or a full disk never leaves half a model.pt
-    try:
-        torch.save(model.state_dict(), tmp)
-    except (OSError, RuntimeError) as err:
-        tmp.unlink(missing_ok=True)
-        from cellrep_core.errors import disk_full, is_disk_full
-
-        if is_disk_full(err):
-            raise disk_full(err, out / "model.pt", f"the weights of {version}") from err
-        raise
-    os.replace(tmp, out / "model.pt")
-    (out / "config.json").write_text(cfg.model_dump_json(indent=2))
+    _save_weights(model, out, version)
     metrics = {
         "train_seconds": seconds,
         "epochs": trainer.current_epoch,
@@ -291,18 +334,7 @@ def train_model(
         "device": device_accelerator(),
         "processes": world,
     }
-    meta = {
-        "name": cfg.name,
-        "version": version,
-        "parent_version": parent.version if parent else None,
-        "data_hash": dhash,
-        "config_digest": cfg.digest(),
-        "train_cells": sorted(it.cell_id for it in train),
-        "val_cells": sorted(it.cell_id for it in val),
-        "metrics": metrics,
-        **(lineage or {}),
-    }
-    (out / "lineage.json").write_text(json.dumps(meta, indent=2))
+    _write_record(out, cfg, version, parent, dhash, train, val, metrics, lineage)
     fit_whitening(model, items, out)
     log.info("trained %s in %.1fs", version, seconds)
     return TrainedModel(cfg.name, version, out, cfg, metrics)

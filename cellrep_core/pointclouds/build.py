@@ -6,7 +6,6 @@ import logging
 import multiprocessing as mp
 import os
 import time
-import zlib
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -19,7 +18,14 @@ import pyarrow.parquet as pq
 from scipy import ndimage
 
 from cellrep_core import faults
-from cellrep_core.data.cells import QUARANTINE_COLUMNS, quarantine_row, structure_key, validate_cell
+from cellrep_core.data.cells import (
+    QUARANTINE_COLUMNS,
+    cell_seed,
+    quarantine_row,
+    split_list,
+    structure_key,
+    validate_cell,
+)
 from cellrep_core.data.features import HANDCRAFTED_FEATURES, handcrafted_features
 from cellrep_core.errors import CellInputError, CorruptFileError
 from cellrep_core.pointclouds.items import CloudItem
@@ -76,8 +82,8 @@ def dilate(mask: np.ndarray, radius: int, ball: bool = True) -> np.ndarray:
 def process_cell(row: dict, cfg: SamplingConfig) -> dict:
     """Sample one cell; returns its cloud or, for a bad cell, its quarantine row (never raises)."""
     cell_id, path = row["cell_id"], row["source_path"]
-    rng = np.random.default_rng(zlib.crc32(f"{cfg.seed}:{cell_id}".encode()))
-    channels = [c for c in str(row["channels"]).split(";") if c]
+    rng = np.random.default_rng(cell_seed(cell_id, cfg.seed))
+    channels = split_list(row["channels"])
     try:
         if row["shape_type"] == "punctate":
             raw, container = validate_cell(Path(path), channels, "punctate", cell_id)

@@ -17,7 +17,6 @@ Only torch-geometric's pure-Python parts are needed (no torch-cluster / pyg-lib)
 
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ import torch
 from torch_geometric.data import Data, Dataset
 
 from cellrep_core import paths
+from cellrep_core.data.cells import cell_seed
 from cellrep_core.pointclouds.build import read_pointclouds
 
 LABEL_COLUMNS = ("label", "drug", "structure_name", "shape_type", "well", "plate_id")
@@ -61,7 +61,7 @@ class CellCloudDataset(Dataset):
         it = self.items[idx]
         pts = np.asarray(it.points, dtype=np.float32)
         if self.n_points and len(pts) > self.n_points:
-            key = zlib.crc32(f"{self.seed}:{it.cell_id}".encode())
+            key = cell_seed(it.cell_id, self.seed)
             if self.resample:
                 self._draws += 1
                 key += self._draws

@@ -170,6 +170,54 @@ def _empty_result() -> pd.DataFrame:
     )
 
 
+def _cells_per_treatment(plate_id: object, drugs: np.ndarray, drug_names, control: str) -> dict:
+    """Cells of every non-control treatment; at least 2 control cells and 2 cells a treatment, else ValueError."""
+    n_ctrl = int((drugs == control).sum())
+    if n_ctrl < 2:
+        raise ValueError(f"plate {plate_id!r}: need at least 2 {control!r} control cells, got {n_ctrl}")
+    n_cells = {}
+    for d in drug_names:
+        n = int((drugs == d).sum())
+        if n < 2:
+            raise ValueError(f"plate {plate_id!r}, drug {d!r}: {n} cell; need at least 2 cells per drug for mAP")
+        n_cells[d] = n
+    return n_cells
+
+
+def _permutation_maps(plate_id, drugs, drug_names, is_ctrl, x, null_size, threshold, seed, strata
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """mAP and exact label-permutation p of every treatment against the controls (permutations within strata)."""
+    from cellrep_core.progress import Progress
+
+    maps_, p = [], []
+    with Progress(f"mAP permutation tests of plate {plate_id}", len(drug_names), unit="treatments") as prog:
+        for k, d in enumerate(drug_names):
+            sel = is_ctrl | (drugs == d)
+            m_, p_, _ = map_permutation_test(x[sel], drugs[sel] == d, np.zeros(int(sel.sum())), False,
+                                             null_size, seed + k, threshold / (10 * len(drug_names)),
+                                             blocks=strata[sel])
+            maps_.append(m_)
+            p.append(p_)
+            prog.update()
+    return np.asarray(maps_, dtype=np.float64), np.asarray(p, dtype=np.float64)
+
+
+def _copairs_maps(drugs, drug_names, is_ctrl, x, null_size, threshold, seed) -> tuple[np.ndarray, np.ndarray]:
+    """mAP and p of every treatment against the controls by copairs (the reference implementation)."""
+    # Integer codes keep copairs/duckdb away from pandas' string dtypes; ref is copairs' reference index.
+    code_of = {d: i + 1 for i, d in enumerate(drug_names)}
+    codes = np.array([0 if c else code_of[d] for d, c in zip(drugs, is_ctrl, strict=True)], dtype=np.int64)
+    ref = np.where(is_ctrl, np.arange(len(drugs)), -1).astype(np.int64)
+    cmeta = pd.DataFrame({"drug_code": codes, "ref_index": ref})
+    ap = average_precision(cmeta, x, pos_sameby=["drug_code", "ref_index"], pos_diffby=[], neg_sameby=[],
+                           neg_diffby=["drug_code", "ref_index"], distance="cosine", progress_bar=False)
+    with tempfile.TemporaryDirectory(prefix="copairs_null_") as cache_dir:
+        maps = mean_average_precision(ap, sameby=["drug_code"], null_size=null_size, threshold=threshold, seed=seed,
+                                      progress_bar=False, cache_dir=cache_dir)
+    maps = maps.set_index("drug_code").loc[[code_of[d] for d in drug_names]]
+    return maps["mean_average_precision"].to_numpy(dtype=np.float64), maps["p_value"].to_numpy(dtype=np.float64)
+
+
 def _plate_map(
     plate_id: object,
     drugs: np.ndarray,  # treatment labels (see treatment_keys)
@@ -185,22 +233,13 @@ def _plate_map(
 ) -> pd.DataFrame | None:
     """mAP, p and q for every non-control drug of one plate (None if the plate has no drug). ``strata``: well
     position class per cell (``position_classes``): normalisation and permutations per class."""
+    if null not in ("permutation", "copairs"):
+        raise ValueError(f"null must be 'permutation' or 'copairs', got {null!r}")
     is_ctrl = drugs == control
-    n_ctrl = int(is_ctrl.sum())
-    if n_ctrl < 2:
-        raise ValueError(f"plate {plate_id!r}: need at least 2 {control!r} control cells, got {n_ctrl}")
     drug_names = pd.unique(drugs[~is_ctrl])
+    n_cells = _cells_per_treatment(plate_id, drugs, drug_names, control)
     if len(drug_names) == 0:
         return None
-    n_cells = {}
-    for d in drug_names:
-        n = int((drugs == d).sum())
-        if n < 2:
-            raise ValueError(
-                f"plate {plate_id!r}, drug {d!r}: {n} cell; need at least 2 cells per drug for mAP"
-            )
-        n_cells[d] = n
-
     strata = np.full(len(drugs), "plate", dtype=object) if strata is None else np.asarray(strata, dtype=object)
     if normalize:
         x = robust_normalize_blocks(x, strata) if null == "permutation" else normalize_blocks(x, strata, is_ctrl)
@@ -209,69 +248,15 @@ def _plate_map(
         bad = cell_ids[norms == 0][:5].tolist()
         raise ValueError(f"plate {plate_id!r}: cells {bad} have an all-zero profile; cosine is undefined")
     if null == "permutation":
-        from cellrep_core.progress import Progress
-
-        maps_, p = [], []
-        with Progress(f"mAP permutation tests of plate {plate_id}", len(drug_names), unit="treatments") as prog:
-            for k, d in enumerate(drug_names):
-                sel = is_ctrl | (drugs == d)
-                m_, p_, _ = map_permutation_test(x[sel], drugs[sel] == d, np.zeros(int(sel.sum())), False,
-                                                 null_size, seed + k, threshold / (10 * len(drug_names)),
-                                                 blocks=strata[sel])
-                maps_.append(m_)
-                p.append(p_)
-                prog.update()
-        p = np.asarray(p, dtype=np.float64)
-        q = benjamini_hochberg(p)
-        return pd.DataFrame({
-            "plate_id": [plate_id] * len(drug_names), "drug": list(drug_names),
-            "n_cells": np.array([n_cells[d] for d in drug_names], dtype=np.int64),
-            "mean_average_precision": np.asarray(maps_, dtype=np.float64), "p_value": p, "q_value": q,
-            "is_hit": q < threshold,
-        })
-    if null != "copairs":
-        raise ValueError(f"null must be 'permutation' or 'copairs', got {null!r}")
-
-    # Integer codes keep copairs/duckdb away from pandas' string dtypes; ref is copairs' reference index.
-    code_of = {d: i + 1 for i, d in enumerate(drug_names)}
-    codes = np.array([0 if c else code_of[d] for d, c in zip(drugs, is_ctrl, strict=True)], dtype=np.int64)
-    ref = np.where(is_ctrl, np.arange(len(drugs)), -1).astype(np.int64)
-    cmeta = pd.DataFrame({"drug_code": codes, "ref_index": ref})
-
-    ap = average_precision(
-        cmeta,
-        x,
-        pos_sameby=["drug_code", "ref_index"],
-        pos_diffby=[],
-        neg_sameby=[],
-        neg_diffby=["drug_code", "ref_index"],
-        distance="cosine",
-        progress_bar=False,
-    )
-    with tempfile.TemporaryDirectory(prefix="copairs_null_") as cache_dir:
-        maps = mean_average_precision(
-            ap,
-            sameby=["drug_code"],
-            null_size=null_size,
-            threshold=threshold,
-            seed=seed,
-            progress_bar=False,
-            cache_dir=cache_dir,
-        )
-    maps = maps.set_index("drug_code").loc[[code_of[d] for d in drug_names]]
-    p = maps["p_value"].to_numpy(dtype=np.float64)
+        maps, p = _permutation_maps(plate_id, drugs, drug_names, is_ctrl, x, null_size, threshold, seed, strata)
+    else:
+        maps, p = _copairs_maps(drugs, drug_names, is_ctrl, x, null_size, threshold, seed)
     q = benjamini_hochberg(p)
-    return pd.DataFrame(
-        {
-            "plate_id": [plate_id] * len(drug_names),
-            "drug": list(drug_names),
-            "n_cells": np.array([n_cells[d] for d in drug_names], dtype=np.int64),
-            "mean_average_precision": maps["mean_average_precision"].to_numpy(dtype=np.float64),
-            "p_value": p,
-            "q_value": q,
-            "is_hit": q < threshold,
-        }
-    )
+    return pd.DataFrame({
+        "plate_id": [plate_id] * len(drug_names), "drug": list(drug_names),
+        "n_cells": np.array([n_cells[d] for d in drug_names], dtype=np.int64),
+        "mean_average_precision": maps, "p_value": p, "q_value": q, "is_hit": q < threshold,
+    })
 
 
 def drug_map_qvalues(
