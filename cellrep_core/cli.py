@@ -322,9 +322,9 @@ def write_synthetic_plate(plate_id: str, out: Path | None = None, seed: int = 0,
                           n_per_drug: int = 20, drugs: dict[str, str] | None = None, n_bad: int = 2,
                           mixed: bool = False, coupled: bool = False) -> Path:
     """Write a synthetic plate into a folder, manifest last (written then renamed) so it is picked up complete.
-    ``mixed``: a polymorphic and a punctate structure in every well (``synthetic.generate_mixed_plate``);
+    ``mixed``: a polymorphic and a punctate structure in every well (``plates.generate_mixed_plate``);
     ``coupled``: structure coupled to the nucleus, nucleus-only and structure-only drugs (``data/coupled.py``)."""
-    from cellrep_core.data import synthetic
+    from cellrep_core.data import plates
 
     out = Path(out) if out else paths.landing_plates_dir() / plate_id
     if coupled:
@@ -333,11 +333,11 @@ def write_synthetic_plate(plate_id: str, out: Path | None = None, seed: int = 0,
         generate_coupled_plate(out, plate_id, seed=seed, n_dmso=n_dmso, n_per_drug=n_per_drug, drugs=drugs)
         return out
     if mixed:
-        effects = {k: synthetic.parse_mixed_effect(v) for k, v in drugs.items()} if drugs else None
-        synthetic.generate_mixed_plate(out, plate_id, seed=seed, n_dmso=n_dmso, n_per_drug=n_per_drug, drugs=effects)
+        effects = {k: plates.parse_mixed_effect(v) for k, v in drugs.items()} if drugs else None
+        plates.generate_mixed_plate(out, plate_id, seed=seed, n_dmso=n_dmso, n_per_drug=n_per_drug, drugs=effects)
         return out
-    synthetic.generate_drug_plate(out, plate_id, seed=seed, n_dmso=n_dmso, n_per_drug=n_per_drug,
-                                  drugs=drugs, n_bad=n_bad)
+    plates.generate_drug_plate(out, plate_id, seed=seed, n_dmso=n_dmso, n_per_drug=n_per_drug,
+                               drugs=drugs, n_bad=n_bad)
     return out
 
 

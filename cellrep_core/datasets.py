@@ -24,14 +24,9 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from cellrep_core.data.cells import (
-    binarize,
-    parse_voxel_size,
-    read_cell_image,
-    read_fov_images,
-    read_manifest,
-    split_list,
-)
+from cellrep_core.data.cells import read_manifest, split_list
+from cellrep_core.data.images import parse_voxel_size, read_cell_image, read_fov_images
+from cellrep_core.data.validate import binarize
 from cellrep_core.errors import CellInputError
 from cellrep_core.ingest import resolve_path
 from cellrep_core.store.warehouse import Warehouse

@@ -8,21 +8,10 @@ from pathlib import Path
 import pandas as pd
 
 from cellrep_core import paths
-from cellrep_core.data.cells import (
-    MANIFEST_COLUMNS,
-    QUARANTINE_COLUMNS,
-    channel_names,
-    parse_voxel_size,
-    quarantine_row,
-    read_cell_image,
-    read_fov_images,
-    read_manifest,
-    split_list,
-    structure_key,
-    validate_cell_arrays,
-    write_cell_tiff,
-)
+from cellrep_core.data.cells import MANIFEST_COLUMNS, channel_names, read_manifest, split_list, structure_key
 from cellrep_core.data.fov import resample_cell, split_fov
+from cellrep_core.data.images import parse_voxel_size, read_cell_image, read_fov_images, write_cell_tiff
+from cellrep_core.data.validate import QUARANTINE_COLUMNS, quarantine_row, validate_cell_arrays
 from cellrep_core.errors import CellInputError
 
 # a cell row is a manifest row whose path has been resolved and checked

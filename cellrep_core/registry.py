@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cellrep_core.data.synthetic import PLATES_DATASET
+from cellrep_core.data.plates import PLATES_DATASET
 from cellrep_core.models.config import ModelConfig
 from cellrep_core.models.train import TrainedModel, read_lineage
 from cellrep_core.store.warehouse import Warehouse

@@ -54,7 +54,9 @@ def cell_volumes(cells: pd.DataFrame, half_extent: float, size: int = DEFAULT_IM
                  ) -> tuple[list[sa.CellVolumes], list[dict]]:
     """The cells' masks in their nucleus frame; ``(volumes, problems)``, a problem naming the cell, its file and
     the reason (punctate cells, a missing nucleus channel, an unreadable file). Every other cell goes on."""
-    from cellrep_core.data.cells import binarize, channel_names, read_cell_image, split_list
+    from cellrep_core.data.cells import channel_names, split_list
+    from cellrep_core.data.images import read_cell_image
+    from cellrep_core.data.validate import binarize
     from cellrep_core.errors import CellInputError
     from cellrep_core.models.statcell import cell_frame_volumes
 
@@ -258,7 +260,7 @@ def embed_plate(wh: Warehouse, fs: FeatureStore, plate_id: str, structure: str, 
                 base_dataset: str, base_version: str) -> dict:
     """The ``structure_given_shape`` codes of a plate's structure group, when its base data set has a stacked
     model whose residual was fitted on ``base_version`` (the group's zero-shot base); else why not."""
-    from cellrep_core.data.synthetic import PLATES_DATASET
+    from cellrep_core.data.plates import PLATES_DATASET
     from cellrep_core.pipeline import cells_of
 
     rec = record(wh, base_dataset)

@@ -65,7 +65,7 @@ def test_bad_requests_name_what_exists():
 
 
 def test_cell_pictures_show_the_masks(tmp_path):
-    from cellrep_core.data.cells import write_cell_tiff
+    from cellrep_core.data.images import write_cell_tiff
 
     z, y, x = np.mgrid[:16, :20, :24]
     nucleus = ((z - 8) ** 2 + (y - 10) ** 2 + (x - 12) ** 2 < 25).astype(np.uint8) * 255

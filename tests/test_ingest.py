@@ -9,7 +9,7 @@ import pytest
 import tifffile
 
 from cellrep_core import pipeline
-from cellrep_core.data.synthetic import generate_drug_plate
+from cellrep_core.data.plates import generate_drug_plate
 from cellrep_core.ingest import ingest_manifest
 from cellrep_core.store.warehouse import Warehouse
 
@@ -264,7 +264,7 @@ def test_truncated_tiff_is_unreadable_and_tifffile_errors_are_not_printed(tmp_pa
     into the cell's quarantine reason rather than an ERROR line on the console."""
     import logging
 
-    from cellrep_core.data.cells import read_cell_image
+    from cellrep_core.data.images import read_cell_image
     from cellrep_core.errors import CellInputError
 
     path = tmp_path / "cell.tiff"
@@ -282,7 +282,7 @@ def test_truncated_tiff_is_unreadable_and_tifffile_errors_are_not_printed(tmp_pa
 
 def test_an_image_larger_than_the_limit_is_refused_from_its_header(tmp_path, monkeypatch):
     """The header's declared size is checked before any pixel is read; the limit is an environment setting."""
-    from cellrep_core.data.cells import read_cell_image, write_cell_tiff
+    from cellrep_core.data.images import read_cell_image, write_cell_tiff
     from cellrep_core.errors import CellInputError
 
     path = tmp_path / "c.tiff"

@@ -8,8 +8,8 @@ import pandas as pd
 import tifffile
 from scipy import ndimage
 
-from cellrep_core.data.cells import binarize
 from cellrep_core.data.fov import block_mean, resample_mask, split_fov
+from cellrep_core.data.validate import binarize
 from cellrep_core.ingest import ingest_manifest
 
 

@@ -12,15 +12,11 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 from scipy.spatial.distance import pdist
 
+from cellrep_core.data import plates
 from cellrep_core.data import synthetic as syn
-from cellrep_core.data.cells import (
-    MANIFEST_COLUMNS,
-    read_cell_image,
-    read_manifest,
-    resolve_cell_path,
-    validate_polymorphic,
-    validate_punctate,
-)
+from cellrep_core.data.cells import MANIFEST_COLUMNS, read_manifest, resolve_cell_path
+from cellrep_core.data.images import read_cell_image
+from cellrep_core.data.validate import validate_polymorphic, validate_punctate
 from cellrep_core.errors import CellInputError
 
 CONN26 = np.ones((3, 3, 3), dtype=bool)
@@ -60,7 +56,7 @@ def polymorphic(tmp_path_factory):
 def plate(tmp_path_factory):
     """One plate with enough cells per drug for stable effect statistics."""
     d = tmp_path_factory.mktemp("plate")
-    df = syn.generate_drug_plate(d, "P001", seed=7, n_dmso=12, n_per_drug=10, drugs=SMALL_DRUGS, n_bad=2)
+    df = plates.generate_drug_plate(d, "P001", seed=7, n_dmso=12, n_per_drug=10, drugs=SMALL_DRUGS, n_bad=2)
     return d, df
 
 
@@ -291,17 +287,17 @@ def test_drug_plate_manifest_truth_and_determinism(plate, tmp_path):
     ]
     pd.testing.assert_frame_equal(df, read_manifest(d / "manifest.csv"))
     # Determinism, including the truncated file; smaller plates keep the same cells.
-    df2 = syn.generate_drug_plate(tmp_path, "P001", seed=7, n_dmso=12, n_per_drug=2, drugs=SMALL_DRUGS, n_bad=2)
+    df2 = plates.generate_drug_plate(tmp_path, "P001", seed=7, n_dmso=12, n_per_drug=2, drugs=SMALL_DRUGS, n_bad=2)
     for cid in ("P001_B01_000", "P001_B01_012", "P001_B01_013", "P001_B03_001"):
         assert (tmp_path / f"{cid}.tiff").read_bytes() == (d / f"{cid}.tiff").read_bytes()
     assert set(df2["cell_id"]) < set(df["cell_id"])
 
 
 def test_default_drug_plate_and_unknown_effect(tmp_path):
-    df = syn.generate_drug_plate(tmp_path, "P9", seed=3, n_dmso=2, n_per_drug=1, n_bad=3, grid=48)
-    assert df["drug"].tolist() == ["DMSO"] * 5 + list(syn.DEFAULT_DRUGS)
+    df = plates.generate_drug_plate(tmp_path, "P9", seed=3, n_dmso=2, n_per_drug=1, n_bad=3, grid=48)
+    assert df["drug"].tolist() == ["DMSO"] * 5 + list(plates.DEFAULT_DRUGS)
     truth = pd.read_csv(tmp_path / "drug_truth.csv")
-    assert dict(zip(truth["drug"], truth["planted_effect"], strict=True)) == syn.DEFAULT_DRUGS
+    assert dict(zip(truth["drug"], truth["planted_effect"], strict=True)) == plates.DEFAULT_DRUGS
     reasons = []
     for row in df[df["drug"] == "DMSO"].itertuples():
         try:
@@ -311,9 +307,9 @@ def test_default_drug_plate_and_unknown_effect(tmp_path):
             reasons.append(exc.reason)
     assert reasons == ["ok", "ok", "empty_segmentation", "unreadable", "empty_segmentation"]
     with pytest.raises(ValueError, match="'explode'"):
-        syn.generate_drug_plate(tmp_path, "P9", seed=3, drugs={"cmpd_x": "explode"})
+        plates.generate_drug_plate(tmp_path, "P9", seed=3, drugs={"cmpd_x": "explode"})
     with pytest.raises(ValueError, match="planted effect"):
-        syn.plate_cell_parameters(np.random.default_rng(0), "melt")
+        plates.plate_cell_parameters(np.random.default_rng(0), "melt")
 
 
 def test_bad_plate_cells_raise(plate):
@@ -498,12 +494,12 @@ def test_read_manifest(tmp_path):
     assert len(read_manifest(dup)) == 2  # repeats are quarantined by ingestion, not fatal here
 
 
-@pytest.mark.parametrize("effect", syn.PLANTED_EFFECTS)
+@pytest.mark.parametrize("effect", plates.PLANTED_EFFECTS)
 def test_plate_conditions_stay_inside_the_reference_ranges(effect):
     """A model trained on the reference set must have seen every shape a plate condition can draw."""
     rng = np.random.default_rng(5)
     for _ in range(200):
-        n_pieces, volume, (e_low, e_high) = syn.plate_cell_parameters(rng, effect)
+        n_pieces, volume, (e_low, e_high) = plates.plate_cell_parameters(rng, effect)
         assert syn.REFERENCE_PIECES[0] <= n_pieces <= syn.REFERENCE_PIECES[1]
         assert syn.REFERENCE_VOLUME[0] <= volume <= syn.REFERENCE_VOLUME[1]
         assert syn.REFERENCE_ELONGATION[0] <= e_low < e_high <= syn.REFERENCE_ELONGATION[1]

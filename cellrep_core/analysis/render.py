@@ -60,7 +60,7 @@ def cell_views(images: dict[str, np.ndarray]) -> np.ndarray:
 
 def read_cell_views(source_path: str | Path, channels: str, cell_id: str) -> np.ndarray:
     """The three-view picture of a stored cell, read from its image file (``cells`` table columns)."""
-    from cellrep_core.data.cells import read_cell_image
+    from cellrep_core.data.images import read_cell_image
 
     return cell_views(read_cell_image(Path(source_path), channels, cell_id))
 

@@ -73,7 +73,7 @@ def shape_features(images: dict[str, np.ndarray], voxel_size_um: float = 1.0) ->
 def shape_feature_table(cells: pd.DataFrame) -> pd.DataFrame:
     """``shape_features`` of every row of ``cells`` (cell_id, source_path, channels, voxel_size_um); a cell whose
     image cannot be read gets NaN and its reason in ``error`` (the rest go on)."""
-    from cellrep_core.data.cells import read_cell_image
+    from cellrep_core.data.images import read_cell_image
 
     rows = []
     for r in cells.itertuples(index=False):

@@ -22,10 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cellrep_core.data.plates import CONTROL_DRUG, CONTROL_LABEL, PLATES_DATASET, plate_plan
 from cellrep_core.data.synthetic import (
-    CONTROL_DRUG,
-    CONTROL_LABEL,
-    PLATES_DATASET,
     Nucleus,
     _name_key,
     _row,
@@ -33,7 +31,6 @@ from cellrep_core.data.synthetic import (
     _write_cell_tiff,
     _write_manifest,
     key_seed,
-    plate_plan,
     polymorphic_cell,
     random_nucleus,
 )

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from cellrep_core.data.cells import binarize
+from cellrep_core.data.validate import binarize
 
 
 @dataclass

@@ -39,10 +39,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from cellrep_core.data.plates import CONTROL_DRUG, CONTROL_LABEL, PLATES_DATASET
 from cellrep_core.data.synthetic import (
-    CONTROL_DRUG,
-    CONTROL_LABEL,
-    PLATES_DATASET,
     _name_key,
     _row,
     _to_u8,

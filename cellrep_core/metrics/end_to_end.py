@@ -46,7 +46,8 @@ import pandas as pd
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from cellrep_core.data.cells import parse_channels, read_cell_image, write_cell_tiff
+from cellrep_core.data.cells import parse_channels
+from cellrep_core.data.images import read_cell_image, write_cell_tiff
 from cellrep_core.metrics.rotation import relative_error
 from cellrep_core.models.train import EMBED_DRAWS, embed_items
 from cellrep_core.pointclouds.build import SamplingConfig, process_cell

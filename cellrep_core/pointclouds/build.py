@@ -18,15 +18,9 @@ import pyarrow.parquet as pq
 from scipy import ndimage
 
 from cellrep_core import faults
-from cellrep_core.data.cells import (
-    QUARANTINE_COLUMNS,
-    cell_seed,
-    quarantine_row,
-    split_list,
-    structure_key,
-    validate_cell,
-)
+from cellrep_core.data.cells import cell_seed, split_list, structure_key
 from cellrep_core.data.features import HANDCRAFTED_FEATURES, handcrafted_features
+from cellrep_core.data.validate import QUARANTINE_COLUMNS, quarantine_row, validate_cell
 from cellrep_core.errors import CellInputError, CorruptFileError
 from cellrep_core.pointclouds.items import CloudItem
 from cellrep_core.pointclouds.punctate import MAX_EXPONENT, SMOOTH_SIGMA, intensity_sample
