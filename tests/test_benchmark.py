@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from cellrep_core.metrics.benchmark import (
+from cellrep_core.metrics.benchmark import benchmark_model, row
+from cellrep_core.metrics.measures import (
     INTERPOLATION_STEPS,
-    benchmark_model,
     classification_accuracy,
     compactness_k,
     eval_batch,
@@ -20,7 +20,6 @@ from cellrep_core.metrics.benchmark import (
     random_pairs,
     reconstruction,
     regression_r2,
-    row,
 )
 from cellrep_core.metrics.plots import summary_scores, write_reports
 from cellrep_core.metrics.rotation import random_rotations, rotate_points

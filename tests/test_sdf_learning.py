@@ -10,7 +10,7 @@ of the demo configs must find it.
 import numpy as np
 import torch
 
-from cellrep_core.metrics.benchmark import eval_batch, latents_and_targets, reconstruction
+from cellrep_core.metrics.measures import eval_batch, latents_and_targets, reconstruction
 from cellrep_core.models.config import get_config
 from cellrep_core.models.train import load_model, train_model
 from cellrep_core.pointclouds.items import CloudItem

@@ -234,7 +234,7 @@ def embedding_map(x: np.ndarray, seed: int = 0) -> np.ndarray:
 
 def canonical_latents(model, items) -> tuple[np.ndarray, object]:
     """Every cell's canonical-frame decoder input (``model.latent``) and the evaluation batch it came from."""
-    from cellrep_core.metrics.benchmark import eval_batch, latents_and_targets
+    from cellrep_core.metrics.measures import eval_batch, latents_and_targets
 
     eb = eval_batch(model.cfg, items)
     lat, _ = latents_and_targets(model, eb)

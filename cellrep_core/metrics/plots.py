@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from cellrep_core.metrics.benchmark import NOT_SCORED, higher_is_better  # noqa: E402
+from cellrep_core.metrics.benchmark import NOT_SCORED, higher_is_better
 
 
 def summary_scores(table: pd.DataFrame) -> pd.DataFrame:
