@@ -63,3 +63,54 @@ def test_instance_bounds_the_runs_it_starts_at_a_time(tmp_path, monkeypatch):
     monkeypatch.setenv("CELLREP_MAX_RUNS", "many")
     with pytest.raises(ValueError, match="CELLREP_MAX_RUNS='many'"):
         max_concurrent_runs()
+
+
+def test_definitions_are_composed_from_the_domain_modules():
+    """Every asset, check and sensor a domain module defines is in the Definitions, and nothing else is: a domain's
+    new asset that is not composed in orchestration/definitions.py fails here."""
+    from assets import dataset_landing, datasets, feature_store, plate_landing, plates, reference, screens
+    from assets.sql_models import sql_model_assets
+
+    domain = [*reference.reference_asset_defs, *datasets.dataset_asset_defs, *plates.plate_asset_defs,
+              *screens.screen_asset_defs, feature_store.embedding_ann_index, feature_store.feature_store_maintenance,
+              *sql_model_assets()]
+    domain_keys = {k.to_user_string() for a in domain for k in a.keys}
+    graph = defs.resolve_asset_graph()
+    assert domain_keys == {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert {f"{ds}_{s}" for ds in reference.REFERENCE for s in ("cells", "interpretation")} <= domain_keys
+    sensors = {s.name for s in defs.sensors}
+    assert sensors == {plate_landing.landing_plates_sensor.name, dataset_landing.landing_datasets_sensor.name,
+                       plate_landing.plates_automation_sensor.name}
+    assert plates.plates_partitions.name == "plates" and datasets.datasets_partitions.name == "datasets"
+
+
+def test_resources_open_the_stores_under_their_home(tmp_path, monkeypatch):
+    from assets.resources import FeatureStoreResource, WarehouseResource
+
+    monkeypatch.setenv("CELLREP_HOME", str(tmp_path / "env_home"))
+    assert WarehouseResource(home=str(tmp_path / "a")).get().path == (tmp_path / "a" / "warehouse.duckdb").resolve()
+    assert FeatureStoreResource(home=str(tmp_path / "a")).get().uri == (tmp_path / "a" / "lancedb").resolve()
+    assert WarehouseResource().get().path == (tmp_path / "env_home" / "warehouse.duckdb").resolve()
+
+
+def test_distributed_training_starts_the_worker_module_under_torchrun(tmp_path):
+    """The model assets start ``assets.ddp_worker`` (importable, with a ``main`` taking ``--request``) under
+    torchrun; its processes never import Dagster's asset code."""
+    import importlib.util
+    import sys
+
+    from assets.ddp_worker import MODULE, main
+    from assets.training import train_distributed
+    from cellrep_core.models.ddp import distributed_command
+
+    assert MODULE == "assets.ddp_worker" and importlib.util.find_spec(MODULE) is not None and callable(main)
+    cmd = distributed_command(tmp_path / "request.json", 2, module=MODULE)
+    assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"] and "--nproc-per-node=2" in cmd
+    assert cmd[cmd.index("-m", 3) + 1] == MODULE
+    with pytest.raises(ValueError, match="at least 2 processes"):
+        train_distributed(None, None, "d", "p", None, 1)
+    import subprocess
+
+    probe = subprocess.run([sys.executable, "-c", f"import {MODULE}, sys; print('dagster' in sys.modules)"],
+                           capture_output=True, text=True, check=True)
+    assert probe.stdout.strip() == "False"

@@ -201,3 +201,47 @@ def test_compiled_edge_kernels_match_eager():
     assert abs(res[0][0] - res[1][0]) < 1e-12 * abs(res[0][0])
     for a, b in zip(res[0][1], res[1][1], strict=True):
         assert (a - b).abs().max() <= 1e-10 * a.abs().max()
+
+
+def test_autoencoder_base_steps_and_schedules():
+    """Every model shares one base: the step logs the mean of the per-item loss, the config picks a constant or a
+    cosine learning rate, and a subclass without a per-item loss fails with its name."""
+    from cellrep_core.models.base import Autoencoder
+    from cellrep_core.models.image import ImageAutoencoder
+
+    model = PointCloudAutoencoder(get_config("sdf_tiny", lr_schedule="cosine", max_epochs=7).model_dump())
+    opt = model.configure_optimizers()
+    assert opt["lr_scheduler"]["scheduler"].T_max == 7 and opt["optimizer"].defaults["lr"] == model.cfg.lr
+    image = ImageAutoencoder(get_config("sdf_cnn_tiny").model_dump())
+    assert isinstance(image, Autoencoder) and isinstance(image.configure_optimizers(), torch.optim.Adam)
+    logged = {}
+    image.log = lambda name, value, **kw: logged.update({name: (float(value), kw["batch_size"])})
+    batch = {"volume": torch.rand(3, 1, 16, 16, 16)}
+    loss = image.training_step(batch, 0)
+    assert logged["train_loss"] == (pytest.approx(float(image.per_item_loss(batch).mean()), rel=1e-5), 3)
+    assert float(loss) == pytest.approx(logged["train_loss"][0], rel=1e-6)
+
+    class NoLoss(Autoencoder):
+        pass
+
+    with pytest.raises(NotImplementedError, match="NoLoss defines no per_item_loss"):
+        NoLoss(get_config("sdf_tiny").model_dump()).training_step({}, 0)
+
+
+def test_implicit_sdf_decoder_is_invariant_and_the_classical_one_is_not():
+    """Turning the latent vectors and the query points together leaves the invariant decoder's signed distances
+    unchanged (to float precision); the classical decoder, which sees raw coordinates, changes."""
+    from cellrep_core.models.decoders import ClassicalImplicitSDFDecoder, FoldingNetDecoder, ImplicitSDFDecoder
+
+    torch.manual_seed(0)
+    dec = ImplicitSDFDecoder(latent_dim=6, hidden=16, n_blocks=2, code_dim=4).eval()
+    classical = ClassicalImplicitSDFDecoder(code_dim=4, hidden=16, n_blocks=2).eval()
+    vectors, query, code = torch.randn(2, 6, 3), torch.randn(2, 50, 3), torch.randn(2, 4)
+    with torch.no_grad():
+        base, cbase = dec(vectors, query, code), classical(query, code)
+        for rot in ROTS:
+            r = torch.as_tensor(rot, dtype=torch.float32)
+            assert relative_error(dec(vectors @ r.T, query @ r.T, code).numpy(), base.numpy()).max() < 1e-5
+            assert relative_error(classical(query @ r.T, code).numpy(), cbase.numpy()).min() > 1e-3
+        folding = FoldingNetDecoder(4, 16, out_dim=4, template="sphere")(code)
+    assert folding.shape[0] == 2 and folding.shape[-1] == 4 and torch.isfinite(folding).all()

@@ -293,6 +293,10 @@ def test_phenotype_classifiers_and_enrichment(demo_home):
     assert len(e) == 2 * 2 * 2 and not e.enriched.any()
     for name in ("phenotype_enrichment.png", "phenotype_pr_curves.png"):
         assert (paths.screen_reports_dir("tiny") / name).stat().st_size > 5000
+    from cellrep_core.analysis.phenotypes import screen_phenotypes
+
+    with pytest.raises(LookupError, match="no screen 'nope' in the warehouse; screens: .*tiny"):
+        screen_phenotypes(wh, FeatureStore(), "nope")
 
 
 def test_shape_modes_of_the_screen(demo_home):

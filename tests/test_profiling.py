@@ -357,3 +357,24 @@ def test_whitening_reveals_an_effect_orthogonal_to_the_dominant_factor():
     assert (white.loc[list(NULL_DRUGS), "q_value"] > 0.05).all()
     # copairs' conservative null misses it on the raw codes altogether
     assert drug_map_qvalues(meta, z, null_size=2000, null="copairs").set_index("drug").at["shifted", "q_value"] > 0.05
+
+
+def test_plots_of_q_values_and_dose_response(tmp_path):
+    """1/q gets one column per treatment (the figure widens with them); the dose response one panel per model."""
+    import matplotlib.image as mpimg
+
+    from cellrep_core.profiling.plots import dose_response_plot, inverse_q_plot
+
+    def table(n_drugs: int, roles: tuple[str, ...]) -> pd.DataFrame:
+        rows = [{"drug": f"d{i}", "concentration": c, "q_value": 0.5 / (i + 1) / c, "model_role": role,
+                 "model_version": "v1", "mean_average_precision": 0.2 + 0.1 * c, "is_hit": c > 1,
+                 "planted_effect": "none"}
+                for i in range(n_drugs) for c in (0.3, 1.0, 3.0) for role in roles]
+        return pd.DataFrame(rows)
+
+    small = mpimg.imread(inverse_q_plot(table(2, ("base",)), tmp_path / "q_small.png"))
+    large = mpimg.imread(inverse_q_plot(table(12, ("base",)), tmp_path / "q_large.png"))
+    assert large.shape[1] > small.shape[1] * 1.5 and small.std() > 0.05
+    one = mpimg.imread(dose_response_plot(table(3, ("base",)), tmp_path / "d1.png"))
+    three = mpimg.imread(dose_response_plot(table(3, ("base", "fine_tuned", "handcrafted")), tmp_path / "d3.png"))
+    assert three.shape[1] == pytest.approx(3 * one.shape[1], rel=0.02)

@@ -22,6 +22,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def test_ui_binds_loopback_unless_told_otherwise():
+    import inspect
+
+    from orchestration.serve import serve
+
+    assert inspect.signature(serve).parameters["host"].default == "127.0.0.1"
+
+
 def test_ui_serves_and_ctrl_c_stops_every_process(tmp_path):
     port = _free_port()
     env = {**os.environ, "CELLREP_HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path / "dagster")}
