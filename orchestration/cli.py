@@ -19,6 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--quick", action="store_true", help="tiny data and models (smoke test)")
     u = sub.add_parser("ui", help="serve the Dagster UI and daemon on 127.0.0.1 (Ctrl-C stops everything)")
     u.add_argument("--port", type=int, default=3000)
+    u.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes the UI, which has no "
+                        "login, to the network)")
     uc = sub.add_parser("ui-check", help="open the hit explanation in headless Chromium through the Dagster UI and "
                                          "save a screenshot (needs the chromium and chromium-driver packages)")
     uc.add_argument("--out", default="", help="screenshot PNG; default: $CELLREP_HOME/reports/ui_hit_explanation.png")
@@ -47,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "ui":
         from orchestration.serve import serve
 
-        return serve(port=args.port)
+        return serve(host=args.host, port=args.port)
     if args.command == "demo":
         from orchestration.demo import run_demo
 

@@ -28,6 +28,9 @@ def test_ui_binds_loopback_unless_told_otherwise():
     from orchestration.serve import serve
 
     assert inspect.signature(serve).parameters["host"].default == "127.0.0.1"
+    cli = subprocess.run([str(Path(sys.executable).with_name("cellrep")), "ui", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    assert "--host" in cli and "default 127.0.0.1" in cli
 
 
 def test_ui_serves_and_ctrl_c_stops_every_process(tmp_path):
