@@ -67,12 +67,8 @@ def _declared_bytes(tif) -> int:
     return total
 
 
-def read_cell_image(path: Path, channels: list[str] | str, cell_id: str) -> dict[str, np.ndarray]:
-    """Read one cell's CZYX (or single-channel ZYX) TIFF / OME-TIFF and return channel name -> ZYX array.
-
-    ``channels`` names every channel of the file in order, or picks channels by index (``name=index``).
-    """
-    path = Path(path)
+def _channel_spec(channels: list[str] | str, cell_id: str, path: Path) -> tuple[list[str], list[int]]:
+    """Channel names in file order, and the picked indices (empty: every channel of the file, in order)."""
     spec = parse_channels(channels)
     names = [n for n, _ in spec]
     indexed = [i for _, i in spec if i is not None]
@@ -90,6 +86,11 @@ def read_cell_image(path: Path, channels: list[str] | str, cell_id: str) -> dict
             "file order, joined by ';' (e.g. 'nucleus;structure'), or pick channels by index "
             "(e.g. 'nucleus=0;cell=1;structure=3').",
         )
+    return names, indexed
+
+
+def _read_tiff(path: Path, cell_id: str) -> np.ndarray:
+    """The file's pixels; refused from the header when it declares more than the size limit."""
     if not path.is_file():
         raise CellInputError(
             cell_id,
@@ -127,6 +128,11 @@ def read_cell_image(path: Path, channels: list[str] | str, cell_id: str) -> dict
     arr = np.asarray(arr)
     while arr.ndim > 4 and arr.shape[0] == 1:
         arr = arr[0]
+    return arr
+
+
+def _planes(arr: np.ndarray, names: list[str], indexed: list[int], cell_id: str, path: Path) -> np.ndarray:
+    """The named channels as ``[C, Z, Y, X]``."""
     if indexed and arr.ndim == 4:
         if max(indexed) >= arr.shape[0]:
             raise CellInputError(
@@ -136,22 +142,29 @@ def read_cell_image(path: Path, channels: list[str] | str, cell_id: str) -> dict
                 f"{path} has {arr.shape[0]} channels, the manifest asks for index {max(indexed)}; channel "
                 "indices start at 0.",
             )
-        planes = arr[indexed]
-    elif indexed and arr.ndim == 3 and indexed == [0]:
-        planes = arr[None]
-    elif not indexed and arr.ndim == 4 and arr.shape[0] == len(names):
-        planes = arr
-    elif not indexed and arr.ndim == 3 and len(names) == 1:
-        planes = arr[None]
-    else:
-        raise CellInputError(
-            cell_id,
-            path,
-            "wrong_dimensionality",
-            f"{path} holds an array of shape {tuple(arr.shape)}, expected CZYX with C={len(names)} for "
-            f"channels {names!r} (or ZYX for one channel); fix the manifest's channels column or "
-            "re-export the image as CZYX.",
-        )
+        return arr[indexed]
+    if (indexed and arr.ndim == 3 and indexed == [0]) or (not indexed and arr.ndim == 3 and len(names) == 1):
+        return arr[None]
+    if not indexed and arr.ndim == 4 and arr.shape[0] == len(names):
+        return arr
+    raise CellInputError(
+        cell_id,
+        path,
+        "wrong_dimensionality",
+        f"{path} holds an array of shape {tuple(arr.shape)}, expected CZYX with C={len(names)} for "
+        f"channels {names!r} (or ZYX for one channel); fix the manifest's channels column or "
+        "re-export the image as CZYX.",
+    )
+
+
+def read_cell_image(path: Path, channels: list[str] | str, cell_id: str) -> dict[str, np.ndarray]:
+    """Read one cell's CZYX (or single-channel ZYX) TIFF / OME-TIFF and return channel name -> ZYX array.
+
+    ``channels`` names every channel of the file in order, or picks channels by index (``name=index``).
+    """
+    path = Path(path)
+    names, indexed = _channel_spec(channels, cell_id, path)
+    planes = _planes(_read_tiff(path, cell_id), names, indexed, cell_id, path)
     if np.issubdtype(planes.dtype, np.floating):
         bad = [n for n, plane in zip(names, planes, strict=True) if not np.isfinite(plane).all()]
         if bad:
