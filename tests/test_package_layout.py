@@ -119,3 +119,17 @@ def test_every_module_has_a_test():
     tested = _tested_modules()
     untested = [m for m in (_module_name(p) for p in _sources() if p.name != "__init__.py") if m not in tested]
     assert not untested, "modules no test imports: " + ", ".join(untested)
+
+
+MAX_FUNCTION_LINES = 90  # docstring included; a longer function is broken along its steps
+
+
+def test_no_function_runs_past_the_limit():
+    long = []
+    for path in _sources():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    long.append(f"{_module_name(path)}.{node.name}: {n} lines")
+    assert not long, "\n".join(long)
