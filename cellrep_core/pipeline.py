@@ -237,6 +237,15 @@ BENCHMARK_MODELS: dict[str, list[str]] = {
 }
 
 
+def held_out_cells(lineage: dict) -> tuple[list[str], str]:
+    """The cells a model's held-out metrics are measured on, and what they are: its test split, else (a model
+    fine-tuned from a parent, fewer than MIN_CELLS_FOR_TEST_SPLIT cells, or trained before test splits) its
+    validation cells, which chose its checkpoint and stopped its training."""
+    if lineage.get("test_cells"):
+        return list(lineage["test_cells"]), "test cells (never trained on nor validated on)"
+    return list(lineage.get("val_cells") or []), "validation cells (no test split; they chose the checkpoint)"
+
+
 def benchmark(
     wh: Warehouse, tm: TrainedModel, dataset: str, partition: str, n_rotations: int = 8, seed: int = 0,
     emissions: bool = True, items: list | None = None, sampling: SamplingConfig | None = None,
@@ -254,13 +263,15 @@ def benchmark(
     features = wh.query("SELECT * FROM handcrafted_features WHERE dataset = ?", [dataset])
     cells = cells_of_dataset(wh, dataset)
     stored = {it.cell_id for it in items}
-    held = [c for c in lin.get("val_cells") or [] if c in stored] or sorted(stored)
+    held_ids, held_kind = held_out_cells(lin)
+    held = [c for c in held_ids if c in stored] or sorted(stored)
     # a few held-out cells turned and sampled again (the same cells and clouds for every model of the data set)
     turned = cached_turned_clouds(cells[cells.cell_id.isin(pick_cells(held, seed=seed))],
                                   sampling or SamplingConfig(), seed=seed) if len(cells) else None
     df = benchmark_model(
-        model, items, lin.get("val_cells") or [], cells, features,
+        model, items, held_ids, cells, features,
         lin.get("metrics", {}), n_rotations=n_rotations, seed=seed, emissions=emissions, turned=turned,
+        held_kind=held_kind,
     ).assign(model=tm.name, model_version=tm.version, dataset=dataset)
     df = df[["model", "model_version", "dataset", "metric", "value", "std", "n", "note"]]
     wh.replace("benchmark_metrics", df, {"model_version": tm.version, "dataset": dataset})

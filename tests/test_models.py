@@ -1,5 +1,7 @@
 """The SO(3) autoencoder: invariance and equivariance with real tolerances, training and checkpoints."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -245,3 +247,24 @@ def test_implicit_sdf_decoder_is_invariant_and_the_classical_one_is_not():
             assert relative_error(classical(query @ r.T, code).numpy(), cbase.numpy()).min() > 1e-3
         folding = FoldingNetDecoder(4, 16, out_dim=4, template="sphere")(code)
     assert folding.shape[0] == 2 and folding.shape[-1] == 4 and torch.isfinite(folding).all()
+
+
+def test_a_test_split_that_training_never_sees(tmp_path):
+    """From MIN_CELLS_FOR_TEST_SPLIT cells on, a model trained from scratch sets test cells aside before the
+    validation split: they are in neither the training nor the validation cells, the benchmark measures its
+    held-out metrics on them, and a fine-tuned model (whose parent may have seen any cell) has none."""
+    from cellrep_core.models.train import MIN_CELLS_FOR_TEST_SPLIT, split_items
+    from cellrep_core.pipeline import held_out_cells
+
+    few = _sdf_items(MIN_CELLS_FOR_TEST_SPLIT - 1)
+    train, val, test = split_items(few, 0.15, 0, test_fraction=0.1)
+    assert test == [] and (train, val, []) == split_items(few, 0.15, 0)
+    items = _sdf_items(MIN_CELLS_FOR_TEST_SPLIT + 10)
+    tm = train_model(get_config("sdf_tiny", max_epochs=1), items, tmp_path)
+    lin = json.loads((tm.path / "lineage.json").read_text())
+    test, val, trained = set(lin["test_cells"]), set(lin["val_cells"]), set(lin["train_cells"])
+    assert len(test) == 5 and not test & val and not test & trained and len(test | val | trained) == len(items)
+    assert held_out_cells(lin) == (sorted(test), "test cells (never trained on nor validated on)")
+    tuned = train_model(get_config("sdf_tiny", max_epochs=1), items, tmp_path / "tuned", parent=tm)
+    lin2 = json.loads((tuned.path / "lineage.json").read_text())
+    assert lin2["test_cells"] == [] and held_out_cells(lin2)[1].startswith("validation cells")

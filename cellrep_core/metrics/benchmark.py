@@ -197,16 +197,17 @@ def benchmark_model(
     draws: int = EMBED_DRAWS,
     emissions: bool = True,
     turned: TurnedClouds | None = None,
+    held_kind: str = "held-out cells",
 ) -> pd.DataFrame:
     """Every benchmark metric of ``model`` on a data set: ``items`` all cells, ``held_out`` the cell ids the
     model did not train on (reconstruction, interpolation, rotation invariance), ``cells`` the data set's
     rows of the ``cells`` table (labels), ``features`` its hand-crafted features (regression targets),
     ``turned`` a few held-out cells sampled again from their turned images (``metrics/end_to_end.py``;
-    None: the end-to-end rows are NULL)."""
+    None: the end-to-end rows are NULL), ``held_kind`` what the held-out cells are (in every note)."""
     model.eval()
     held = set(held_out)
     test = [it for it in items if it.cell_id in held]
-    test_note = "held-out cells"
+    test_note = held_kind
     if len(test) < 2:
         test, test_note = items, "no held-out cells recorded: all cells"
     test_note += f" (n={len(test)})"

@@ -49,6 +49,10 @@ class ModelConfig(BaseModel):
     max_epochs: int = 100
     patience: int = 10
     val_fraction: float = 0.15
+    # cells set aside before the validation split when a model trains from scratch on at least
+    # MIN_CELLS_FOR_TEST_SPLIT cells (models/train.py): never trained on, never used to stop or to pick the
+    # checkpoint; the benchmark's held-out metrics are measured on them
+    test_fraction: float = 0.1
     seed: int = 0
     chunk_points: int = 0
     checkpointing: bool = False

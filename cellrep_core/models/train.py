@@ -119,15 +119,25 @@ def device_accelerator() -> str:
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
-def split_items(items: list[CloudItem], val_fraction: float, seed: int) -> tuple[list, list]:
-    """Deterministic train/validation split by cell id."""
+MIN_CELLS_FOR_TEST_SPLIT = 40
+
+
+def split_items(items: list[CloudItem], val_fraction: float, seed: int, test_fraction: float = 0.0
+                ) -> tuple[list, list, list]:
+    """Deterministic train / validation / test split by cell id. The test cells (``test_fraction``, at least 2,
+    only from ``MIN_CELLS_FOR_TEST_SPLIT`` cells on) come first out of the permutation; without them the
+    validation and training cells are what they were before test splits existed."""
     order = sorted(items, key=lambda x: x.cell_id)
     rng = np.random.default_rng(seed)
     perm = rng.permutation(len(order))
+    n_test = max(2, int(round(test_fraction * len(order)))) if test_fraction > 0 and \
+        len(order) >= MIN_CELLS_FOR_TEST_SPLIT else 0
+    test = [order[i] for i in perm[:n_test]]
+    perm = perm[n_test:]
     n_val = max(1, int(round(val_fraction * len(order)))) if len(order) > 2 else 0
     val = [order[i] for i in perm[:n_val]]
     train = [order[i] for i in perm[n_val:]]
-    return train, val
+    return train, val, test
 
 
 LAST_CHECKPOINT = "last.ckpt"
@@ -240,7 +250,8 @@ def _save_weights(model: L.LightningModule, out: Path, version: str) -> None:
 
 
 def _write_record(out: Path, cfg: ModelConfig, version: str, parent: TrainedModel | None, dhash: str,
-                  train: list[CloudItem], val: list[CloudItem], metrics: dict, lineage: dict | None) -> None:
+                  train: list[CloudItem], val: list[CloudItem], test: list[CloudItem], metrics: dict,
+                  lineage: dict | None) -> None:
     """``config.json`` and ``lineage.json`` (parent, data hash, config digest, the split, metrics) of a version."""
     (out / "config.json").write_text(cfg.model_dump_json(indent=2))
     meta = {
@@ -251,6 +262,7 @@ def _write_record(out: Path, cfg: ModelConfig, version: str, parent: TrainedMode
         "config_digest": cfg.digest(),
         "train_cells": sorted(it.cell_id for it in train),
         "val_cells": sorted(it.cell_id for it in val),
+        "test_cells": sorted(it.cell_id for it in test),
         "metrics": metrics,
         **(lineage or {}),
     }
@@ -299,7 +311,8 @@ def train_model(
         from cellrep_core.models.ddp import all_reduce_batchnorm
 
         all_reduce_batchnorm(model)  # torch's SyncBatchNorm is CUDA-only
-    train, val = split_items(items, cfg.val_fraction, cfg.seed)
+    # a test split only when training from scratch: a fine-tuned model's parent may have trained on any cell
+    train, val, test = split_items(items, cfg.val_fraction, cfg.seed, cfg.test_fraction if parent is None else 0.0)
     per_item = cfg.per_item_draws or distributed
     train_dl, val_dl = _loaders(cfg, train, val, world, rank, per_item)
     resume, start_epoch = resumable_checkpoint(out / LAST_CHECKPOINT, cfg.name) or (None, None)
@@ -330,11 +343,12 @@ def train_model(
         "resumed_at_epoch": start_epoch,
         "n_train": len(train),
         "n_val": len(val),
+        "n_test": len(test),
         "samples_per_s": len(train) * max(trainer.current_epoch, 1) / seconds if seconds > 0 else None,
         "device": device_accelerator(),
         "processes": world,
     }
-    _write_record(out, cfg, version, parent, dhash, train, val, metrics, lineage)
+    _write_record(out, cfg, version, parent, dhash, train, val, test, metrics, lineage)
     fit_whitening(model, items, out)
     log.info("trained %s in %.1fs", version, seconds)
     return TrainedModel(cfg.name, version, out, cfg, metrics)
