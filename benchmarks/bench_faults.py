@@ -1,4 +1,5 @@
-"""kill -9 at every write stage of a small pipeline (ingest, point clouds, training, model registry, embeddings),
+"""kill -9 at every write stage of a small pipeline (ingest, point clouds, training, model registry, embeddings,
+reports),
 what a reader sees right after, and whether running again gives exactly what a never-killed run gives.
 
     python benchmarks/bench_faults.py [--out reports/faults.md]
@@ -27,6 +28,7 @@ def main() -> None:
         faultcheck.run_stages(work / "reference", manifest)
         ref = faultcheck.snapshot(work / "reference")
         rows = [faultcheck.check_fault(work, manifest, name, spec, ref) for name, spec in faultcheck.FAULTS.items()]
+        rows.append(faultcheck.check_report_fault(work))
     lines = ["| stage | fault | killed | a reader right after the kill | after running again |",
              "|---|---|---|---|---|"]
     for r in rows:

@@ -2,7 +2,8 @@
 
 Used by ``tests/test_faults.py`` (a few stages) and ``benchmarks/bench_faults.py`` (every stage). The pipeline is
 a registered-style data set of synthetic polymorphic cells: ingest (DuckDB) → point clouds (Parquet + DuckDB)
-→ training (checkpoints, model registry in DuckDB) → embeddings (LanceDB). Each run is a fresh Python process
+→ training (checkpoints, the version's record and weights, model registry in DuckDB) → embeddings (LanceDB);
+reports are checked on a plot written over an earlier one (``check_report_fault``). Each run is a fresh Python process
 (``run_stages``), killed by ``CELLREP_FAULT`` (``cellrep_core.faults``).
 """
 
@@ -25,6 +26,8 @@ FAULTS = {
     "point clouds: Parquet rename": "parquet_replace:1",
     "point clouds: DuckDB commit": "duckdb_commit:2",
     "training: after epoch 2's checkpoint": "epoch_end:2",
+    "training: the version's lineage being written": "record_write:2",
+    "training: weights and record written, before model.pt": "model_commit:1",
     "model registry: DuckDB commit": "duckdb_commit:3",
     "embeddings: before the LanceDB commit": "lance_commit:1",
     "embeddings: during the LanceDB commit": "lance_commit:1@0.01",
@@ -85,6 +88,7 @@ def reader_view(home: Path) -> dict:
     pc = home / "pointclouds" / DATASET / "all.parquet"
     out["parquet_rows"] = pq.read_table(pc).num_rows if pc.exists() else None
     out["parquet_tmp_left"] = pc.with_suffix(".parquet.tmp").exists()
+    out["model_pt"] = len(list((home / "models").glob("*/*/model.pt")))
     from cellrep_core.store.feature_store import FeatureStore
 
     lance = home / "lancedb"
@@ -127,6 +131,53 @@ def snapshot(home: Path) -> dict:
     sd = torch.load(next((home / "models").glob(f"*/{version}/model.pt")), map_location="cpu")
     snap["weights"] = hashlib.sha256(b"".join(v.numpy().tobytes() for v in sd.values())).hexdigest()
     return snap
+
+
+REPORT_STAGE = r"""
+import sys
+from pathlib import Path
+import pandas as pd
+from cellrep_core.profiling.plots import inverse_q_plot
+df = pd.DataFrame({"drug": ["a", "a", "b", "b"], "concentration": [1.0, 3.0, 1.0, 3.0],
+                   "q_value": [0.2, 0.01, 0.5, 0.4], "model_role": "base", "model_version": "v"})
+inverse_q_plot(df, Path(sys.argv[1]), sys.argv[2])
+"""
+REPORT_FAULT = ("reports: a plot being written over an earlier one", "report_write:1")
+
+
+def _write_report(path: Path, title: str, fault: str = "") -> int:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("CELLREP_FAULT", None)
+    if fault:
+        env["CELLREP_FAULT"] = fault
+    res = subprocess.run([sys.executable, "-c", REPORT_STAGE, str(path), title], env=env, capture_output=True,
+                         text=True, timeout=300)
+    if res.returncode not in (0, -9):
+        raise RuntimeError(f"report failed ({res.returncode}): {res.stderr[-3000:]}")
+    return res.returncode
+
+
+def check_report_fault(work: Path) -> dict:
+    """Write a plot, then kill the process writing a new version of it between its bytes and the rename: a reader
+    sees the earlier plot whole; writing again gives the bytes of a run never killed (every report, plot and
+    HTML page goes through ``cellrep_core.atomic``)."""
+    import hashlib
+
+    def digest(p: Path) -> str | None:
+        return hashlib.sha256(p.read_bytes()).hexdigest() if p.exists() else None
+
+    _write_report(work / "reference_report" / "q.png", "new")
+    ref = digest(work / "reference_report" / "q.png")
+    target = work / "killed_report" / "q.png"
+    _write_report(target, "earlier")
+    earlier = digest(target)
+    code = _write_report(target, "new", REPORT_FAULT[1])
+    seen = {"report": "the earlier plot, whole" if digest(target) == earlier else
+            ("absent" if not target.exists() else "changed"), "tmp_left": target.with_name("q.png.tmp").exists()}
+    _write_report(target, "new")
+    same = digest(target) == ref
+    return {"stage": REPORT_FAULT[0], "fault": REPORT_FAULT[1], "killed": code == -9, "reader_after_kill": seen,
+            "identical": same, "differs": [] if same else ["report"]}
 
 
 def check_fault(work: Path, manifest: Path, name: str, spec: str, reference: dict) -> dict:

@@ -5,7 +5,9 @@ reaches ``point``; with ``@seconds`` a timer kills it that long after reaching t
 inside the write that follows (a Lance commit, a Parquet write). Points: ``parquet_replace`` (a point-cloud
 file written to its temporary name, before the rename), ``duckdb_commit`` (a warehouse transaction's
 statements done, before COMMIT), ``lance_commit`` (before a feature-store commit), ``epoch_end`` (a training
-epoch's checkpoint saved).
+epoch's checkpoint saved), ``model_commit`` (a version's weights, config and lineage written, before
+``model.pt.tmp`` is renamed), ``record_write`` (a version's config, lineage or whitening written to its temporary
+name), ``report_write`` (a plot or report page written to its temporary name, before the rename).
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ def reference(tmp_path_factory):
 
 
 @pytest.mark.parametrize("stage", ["point clouds: Parquet rename", "point clouds: DuckDB commit",
-                                   "training: after epoch 2's checkpoint", "embeddings: during the LanceDB commit"])
+                                   "training: weights and record written, before model.pt",
+                                   "embeddings: during the LanceDB commit"])
 def test_killed_stage_leaves_nothing_partial_and_a_rerun_is_identical(reference, stage):
     work, manifest, ref = reference
     res = faultcheck.check_fault(work, manifest, stage, faultcheck.FAULTS[stage], ref)
@@ -25,10 +26,16 @@ def test_killed_stage_leaves_nothing_partial_and_a_rerun_is_identical(reference,
         assert seen["cells"] == 10 and seen["pointcloud_index"] == 0  # the index commit never happened
         assert seen["parquet_rows"] in (None, 10)  # no file, or the whole file: never a part of one
     if stage.startswith("training"):
-        assert seen["models"] == 0  # nothing registered until the training finished
+        assert seen["models"] == 0 and seen["model_pt"] == 0  # no model.pt without its record, none registered
     if stage.startswith("embeddings"):
         assert seen["lance_rows"] in (None, 0, 10)  # all of the commit or none of it
     assert res["identical"], res["differs"]
+
+
+def test_a_report_killed_while_written_leaves_the_earlier_one_whole(tmp_path):
+    res = faultcheck.check_report_fault(tmp_path)
+    assert res["killed"] and res["reader_after_kill"]["report"] == "the earlier plot, whole", res
+    assert res["identical"], res
 
 
 def test_torn_cloud_file_and_checkpoint_are_named_and_repaired_by_materializing_again(home, tmp_path):

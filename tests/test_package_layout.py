@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # lowest first; a module belongs to the first prefix that matches its dotted name (longest prefix wins)
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("cellrep_core", "cellrep_core.errors", "cellrep_core.paths", "cellrep_core.progress",
-              "cellrep_core.faults")),
+              "cellrep_core.faults", "cellrep_core.atomic")),
     ("data and storage", ("cellrep_core.data", "cellrep_core.store")),
     ("sampling and statistics", ("cellrep_core.pointclouds", "cellrep_core.profiling")),
     ("models", ("cellrep_core.models",)),

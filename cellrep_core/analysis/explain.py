@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cellrep_core.atomic import write_text
+
 log = logging.getLogger(__name__)
 CONTROL = "DMSO"
 N_PCS = 20
@@ -501,8 +503,7 @@ the step on the axis).</p>
 {q.round(5).to_html(index=False)}
 </body></html>"""
     path = out_dir / f"{stem}.html"
-    path.write_text(body, encoding="utf-8")
-    return path
+    return write_text(path, body, f"the report {path.name}")
 
 
 def base_hits(wh, scope: str, scope_id: str, structure: str = "") -> set[tuple[str, float | None]]:

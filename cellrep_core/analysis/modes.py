@@ -30,6 +30,8 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from cellrep_core.atomic import save_figure
+
 log = logging.getLogger(__name__)
 ALPHA = 1.0
 GAMMA = 100.0
@@ -288,7 +290,4 @@ def dendrogram_plot(prof: pd.DataFrame, out, title: str = ""):
     fig.colorbar(im, ax=b, label="mean soft assignment")
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=90)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cellrep_core.atomic import write_bytes
+
 NUCLEUS_RGB = np.array([0.25, 0.45, 1.0])
 STRUCTURE_RGB = np.array([1.0, 0.15, 0.75])
 CELL_RGB = np.array([0.55, 0.55, 0.55])
@@ -107,8 +109,7 @@ def figure_png(fig, out: Path | None = None, dpi: int = 90) -> bytes:
     plt.close(fig)
     data = buf.getvalue()
     if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_bytes(data)
+        write_bytes(out, data, f"the picture {Path(out).name}")
     return data
 
 

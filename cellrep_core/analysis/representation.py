@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cellrep_core.atomic import save_figure
+
 SHAPE_FEATURES = ("nuclear_volume", "nuclear_surface_area", "nuclear_sphericity", "nuclear_extent_1",
                   "nuclear_extent_2", "nuclear_extent_3", "cell_volume", "structure_volume",
                   "structure_surface_area")
@@ -490,10 +492,7 @@ def _map_plot(xy: np.ndarray, cells: pd.DataFrame, out: Path, title: str) -> Pat
     for ax in (a, b):
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=90)
 
 
 def _corr_plot(corr: pd.DataFrame, res: PCAResult, out: Path, title: str) -> Path:
@@ -513,7 +512,4 @@ def _corr_plot(corr: pd.DataFrame, res: PCAResult, out: Path, title: str) -> Pat
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6)
     fig.colorbar(im, ax=ax, label="Pearson r")
     ax.set_title(f"{title}: principal components of the codes against shape features", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=90)

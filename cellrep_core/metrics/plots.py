@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from cellrep_core.atomic import save_figure
 from cellrep_core.metrics.benchmark import NOT_SCORED, higher_is_better
 
 
@@ -48,11 +49,7 @@ def radar_plot(scores: pd.DataFrame, path: Path, title: str) -> Path:
 
 
 def _save(fig, path: Path, dpi: int) -> Path:
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=dpi)
 
 
 def bar_plots(table: pd.DataFrame, path: Path, title: str) -> Path:

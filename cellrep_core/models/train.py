@@ -233,9 +233,9 @@ def _trainer(cfg: ModelConfig, out: Path, n_train: int, has_val: bool, distribut
     return trainer, ckpt
 
 
-def _save_weights(model: L.LightningModule, out: Path, version: str) -> None:
-    """``model.pt`` written whole to a temporary file, then renamed: a crash or a full disk never leaves half
-    a model.pt."""
+def _write_weights(model: L.LightningModule, out: Path, version: str) -> Path:
+    """The weights written whole to ``model.pt.tmp``; renaming it to ``model.pt`` (``_commit_weights``) is the
+    last step of a version, after its record, so a ``model.pt`` always comes with its config and lineage."""
     tmp = out / "model.pt.tmp"
     try:
         torch.save(model.state_dict(), tmp)
@@ -246,6 +246,13 @@ def _save_weights(model: L.LightningModule, out: Path, version: str) -> None:
         if is_disk_full(err):
             raise disk_full(err, out / "model.pt", f"the weights of {version}") from err
         raise
+    return tmp
+
+
+def _commit_weights(tmp: Path, out: Path) -> None:
+    from cellrep_core import faults
+
+    faults.point("model_commit")
     os.replace(tmp, out / "model.pt")
 
 
@@ -253,7 +260,9 @@ def _write_record(out: Path, cfg: ModelConfig, version: str, parent: TrainedMode
                   train: list[CloudItem], val: list[CloudItem], test: list[CloudItem], metrics: dict,
                   lineage: dict | None) -> None:
     """``config.json`` and ``lineage.json`` (parent, data hash, config digest, the split, metrics) of a version."""
-    (out / "config.json").write_text(cfg.model_dump_json(indent=2))
+    from cellrep_core.atomic import write_text
+
+    write_text(out / "config.json", cfg.model_dump_json(indent=2), f"the config of {version}", fault="record_write")
     meta = {
         "name": cfg.name,
         "version": version,
@@ -266,7 +275,7 @@ def _write_record(out: Path, cfg: ModelConfig, version: str, parent: TrainedMode
         "metrics": metrics,
         **(lineage or {}),
     }
-    (out / "lineage.json").write_text(json.dumps(meta, indent=2))
+    write_text(out / "lineage.json", json.dumps(meta, indent=2), f"the lineage of {version}", fault="record_write")
 
 
 def train_model(
@@ -335,7 +344,7 @@ def train_model(
         Path(ckpt.best_model_path).unlink()
     (out / LAST_CHECKPOINT).unlink(missing_ok=True)
     model = model.cpu().eval()
-    _save_weights(model, out, version)
+    tmp = _write_weights(model, out, version)
     metrics = {
         "train_seconds": seconds,
         "epochs": trainer.current_epoch,
@@ -349,6 +358,7 @@ def train_model(
         "processes": world,
     }
     _write_record(out, cfg, version, parent, dhash, train, val, test, metrics, lineage)
+    _commit_weights(tmp, out)
     fit_whitening(model, items, out)
     log.info("trained %s in %.1fs", version, seconds)
     return TrainedModel(cfg.name, version, out, cfg, metrics)
@@ -423,7 +433,14 @@ def fit_whitening(model: PointCloudAutoencoder, items: list[CloudItem], out: Pat
     """Fit (and save to ``out/whitening.npz``) the whitening of ``model``'s codes of ``items``."""
     w = Whitening.fit(embed_items(model, items))
     if out is not None:
-        np.savez(Path(out) / WHITENING_FILE, mean=w.mean, components=w.components, scale=w.scale)
+        import io
+
+        from cellrep_core.atomic import write_bytes
+
+        buf = io.BytesIO()
+        np.savez(buf, mean=w.mean, components=w.components, scale=w.scale)
+        write_bytes(Path(out) / WHITENING_FILE, buf.getvalue(), "the whitening of a model version",
+                    fault="record_write")
     return w
 
 

@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from cellrep_core.atomic import save_figure  # noqa: E402
+
 MARKERS = {"base": "o", "finetuned": "s", "handcrafted": "^", "structure_given_shape": "D"}
 
 
@@ -45,10 +47,7 @@ def inverse_q_plot(df: pd.DataFrame, out: Path, title: str = "") -> Path:
     ax.set_xticks(range(len(order)), order, rotation=75, ha="right", fontsize=7)
     ax.set_title(title or "1/q per drug and feature set")
     ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=110)
 
 
 def dose_response_plot(df: pd.DataFrame, out: Path, title: str = "") -> Path:
@@ -72,10 +71,7 @@ def dose_response_plot(df: pd.DataFrame, out: Path, title: str = "") -> Path:
     axes[0][0].set_ylabel("mAP vs DMSO (filled: q < 0.05)")
     axes[0][-1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.suptitle(title or "dose response", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=110)
 
 
 def pr_curves_plot(reports: dict, out: Path, title: str = "") -> Path:
@@ -128,8 +124,4 @@ def enrichment_plot(enrich: pd.DataFrame, out: Path, title: str = "") -> Path:
 def _save(fig, out: Path, title: str = "") -> Path:
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=90)
