@@ -94,7 +94,7 @@ def embed_file(path: Path, channels: str = "", shape_type: str = "polymorphic",
     cloud ``.npy`` ``[n, 3]`` (surface points, polymorphic) / ``[n, 4]`` (x, y, z, intensity, punctate)
     in the model's normalised coordinates. Returns (code, model version)."""
     from cellrep_core import pipeline
-    from cellrep_core.models.train import embed_items, load_model
+    from cellrep_core.models.inference import embed_items, load_model
     from cellrep_core.pointclouds.build import SamplingConfig, process_cell
     from cellrep_core.pointclouds.items import CloudItem
 
@@ -165,7 +165,7 @@ def nearest_cells(cell_id: str | None = None, vector: np.ndarray | None = None, 
     ``space="raw"`` is the feature store's cosine search on raw codes (ANN index above 30k rows). An empty
     answer is an error that says which model versions embedded the cells asked for."""
     from cellrep_core import pipeline
-    from cellrep_core.models.train import load_whitening
+    from cellrep_core.models.whitening import load_whitening
 
     if space not in SEARCH_SPACES:
         raise ValueError(f"space must be one of {SEARCH_SPACES}, got {space!r}")

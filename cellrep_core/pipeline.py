@@ -18,14 +18,9 @@ from cellrep_core.data.features import HANDCRAFTED_FEATURES
 from cellrep_core.ingest import ingest_manifest
 from cellrep_core.metrics.benchmark import benchmark_model
 from cellrep_core.models.config import ModelConfig, get_config, variant
-from cellrep_core.models.train import (
-    TrainedModel,
-    embed_items,
-    load_model,
-    load_whitening,
-    read_lineage,
-    train_model,
-)
+from cellrep_core.models.inference import embed_items, load_model, read_lineage
+from cellrep_core.models.train import TrainedModel, train_model
+from cellrep_core.models.whitening import load_whitening
 from cellrep_core.pointclouds.build import SamplingConfig, build_pointclouds, read_pointclouds
 from cellrep_core.profiling.mapping import drug_map_qvalues
 from cellrep_core.profiling.screen import SCREEN_NULL_SIZE, fisher_combine, screen_map_qvalues

@@ -10,7 +10,8 @@ import pandas as pd
 
 from cellrep_core.data.plates import PLATES_DATASET
 from cellrep_core.models.config import ModelConfig
-from cellrep_core.models.train import TrainedModel, read_lineage
+from cellrep_core.models.inference import read_lineage
+from cellrep_core.models.train import TrainedModel
 from cellrep_core.store.warehouse import Warehouse
 
 

@@ -33,7 +33,8 @@ import pandas as pd
 from cellrep_core import paths
 from cellrep_core.analysis import statcell as sa
 from cellrep_core.models.config import get_config
-from cellrep_core.models.train import Whitening, embed_items, load_model, load_whitening
+from cellrep_core.models.inference import embed_items, load_model
+from cellrep_core.models.whitening import Whitening, load_whitening
 from cellrep_core.store.feature_store import FeatureStore
 from cellrep_core.store.warehouse import Warehouse
 

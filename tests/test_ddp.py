@@ -11,7 +11,8 @@ from cellrep_core import pipeline
 from cellrep_core.data import synthetic
 from cellrep_core.models.config import get_config, variant
 from cellrep_core.models.ddp import distributed_command, write_request
-from cellrep_core.models.train import embed_items, load_model, train_model
+from cellrep_core.models.inference import embed_items, load_model
+from cellrep_core.models.train import train_model
 from cellrep_core.pointclouds.build import SamplingConfig, read_pointclouds
 from cellrep_core.store.warehouse import Warehouse
 

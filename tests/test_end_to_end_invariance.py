@@ -21,7 +21,7 @@ from cellrep_core.metrics.end_to_end import (
     turned_clouds,
 )
 from cellrep_core.models.config import get_config
-from cellrep_core.models.train import embed_items
+from cellrep_core.models.inference import embed_items
 from cellrep_core.models.zoo import build_model
 from cellrep_core.pointclouds.build import SamplingConfig
 from cellrep_core.pointclouds.punctate import training_sample

@@ -44,7 +44,7 @@ def test_torn_cloud_file_and_checkpoint_are_named_and_repaired_by_materializing_
     from cellrep_core import pipeline
     from cellrep_core.errors import CorruptFileError
     from cellrep_core.models.config import get_config
-    from cellrep_core.models.train import load_model
+    from cellrep_core.models.inference import load_model
     from cellrep_core.pointclouds.build import SamplingConfig, read_pointclouds
     from cellrep_core.store.warehouse import Warehouse
 
@@ -146,3 +146,26 @@ def test_a_torn_lance_manifest_is_named_and_repaired_by_moving_it_aside(home, ca
     m, v = fs.load()
     assert len(m) == 60 and m.cell_id.is_unique and v[m.model_version == "v2"].min() == 2
     assert FeatureStore().readable()
+
+
+def test_fault_spec_and_an_interrupted_atomic_write(tmp_path, monkeypatch):
+    """``CELLREP_FAULT`` names a point, the hit that kills and an optional delay; a write interrupted between its
+    bytes and its rename leaves the earlier file whole, and the next write replaces both."""
+    from cellrep_core import atomic, faults
+
+    monkeypatch.setenv("CELLREP_FAULT", "lance_commit:2@0.5")
+    assert faults._spec() == ("lance_commit", 2, 0.5)
+    faults.point("report_write")  # another point: nothing happens
+    target = tmp_path / "r" / "page.html"
+    atomic.write_text(target, "earlier")
+
+    def interrupted(name):
+        raise KeyboardInterrupt(name)
+
+    monkeypatch.setattr(faults, "point", interrupted)
+    with pytest.raises(KeyboardInterrupt, match="report_write"):
+        atomic.write_text(target, "new")
+    assert target.read_text() == "earlier" and target.with_name("page.html.tmp").read_text() == "new"
+    monkeypatch.undo()
+    atomic.write_text(target, "new")
+    assert target.read_text() == "new" and not target.with_name("page.html.tmp").exists()

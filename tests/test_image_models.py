@@ -19,7 +19,8 @@ from cellrep_core.models.image import (
     cell_volume,
     rotate_volumes,
 )
-from cellrep_core.models.train import embed_items, embed_points, load_model, train_model
+from cellrep_core.models.inference import embed_items, embed_points, load_model
+from cellrep_core.models.train import train_model
 from cellrep_core.models.zoo import make_dataset, model_inputs
 from cellrep_core.pointclouds.items import CloudItem
 from cellrep_core.pointclouds.sdf import query_grid

@@ -8,8 +8,9 @@ import torch
 
 from cellrep_core.metrics.rotation import random_rotations, relative_error, rotate_points, rotation_invariance_error
 from cellrep_core.models.config import get_config
+from cellrep_core.models.inference import embed_items, load_model
 from cellrep_core.models.module import PointCloudAutoencoder
-from cellrep_core.models.train import data_hash, embed_items, load_model, model_version, train_model
+from cellrep_core.models.train import data_hash, model_version, train_model
 from cellrep_core.models.vn import VNDGCNNEncoder, knn
 from cellrep_core.pointclouds.items import CloudItem
 

@@ -318,7 +318,7 @@ def _correlated_codes(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def test_whitening_gives_unit_covariance_and_caps_axes():
-    from cellrep_core.models.train import Whitening
+    from cellrep_core.models.whitening import Whitening
 
     rng = np.random.default_rng(0)
     z = _correlated_codes(rng, 200)
@@ -339,7 +339,7 @@ def test_whitening_gives_unit_covariance_and_caps_axes():
 def test_whitening_reveals_an_effect_orthogonal_to_the_dominant_factor():
     """A shift along a low-variance axis drowns in the size factor under cosine; whitening recovers it,
     and null drugs stay null because the transform is fitted on unlabelled reference codes."""
-    from cellrep_core.models.train import Whitening
+    from cellrep_core.models.whitening import Whitening
 
     rng = np.random.default_rng(1)
     ref = _correlated_codes(rng, 200)

@@ -12,7 +12,8 @@ import torch
 
 from cellrep_core.metrics.measures import eval_batch, latents_and_targets, reconstruction
 from cellrep_core.models.config import get_config
-from cellrep_core.models.train import load_model, train_model
+from cellrep_core.models.inference import load_model
+from cellrep_core.models.train import train_model
 from cellrep_core.pointclouds.items import CloudItem
 from cellrep_core.pointclouds.sdf import query_grid
 

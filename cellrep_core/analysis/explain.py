@@ -329,7 +329,7 @@ class ScopeDecoder:
 
     def __init__(self, wh, data: ScopeData) -> None:
         from cellrep_core import pipeline
-        from cellrep_core.models.train import load_model
+        from cellrep_core.models.inference import load_model
 
         self.model = load_model(pipeline.model_by_version(wh, data.model_version).path)
         self._items: dict[str, object] = {}

@@ -222,7 +222,7 @@ def dataset_modes(wh, dataset: str, partition: str = "reference", k: int | None 
     from sklearn.metrics import adjusted_rand_score
 
     from cellrep_core import paths, pipeline
-    from cellrep_core.models.train import load_model
+    from cellrep_core.models.inference import load_model
     from cellrep_core.pointclouds.build import read_pointclouds
 
     tm = pipeline.latest_model(wh, dataset)
@@ -244,7 +244,7 @@ def screen_modes(wh, screen_id: str, k: int | None = None, max_epochs: int = 3,
     """IDEC on a screen's cells with the base model that embedded its plates: the fit, per-cell modes, mode
     profiles per treatment, and each treatment's KL divergence from DMSO (with its planted effect, if any)."""
     from cellrep_core import paths, pipeline
-    from cellrep_core.models.train import load_model
+    from cellrep_core.models.inference import load_model
     from cellrep_core.pointclouds.build import read_pointclouds
 
     plates = pipeline.screens(wh).get(screen_id)

@@ -421,7 +421,7 @@ def interpret_dataset(wh, fs, dataset: str, out_dir: Path, model_version: str | 
     """PCA, correlations, walks (real and decoded), archetypes, nuclear-volume bins and a 2-D map of a data set's
     codes by its base model (or ``model_version``); pictures under ``out_dir``."""
     from cellrep_core import paths, pipeline
-    from cellrep_core.models.train import load_model
+    from cellrep_core.models.inference import load_model
     from cellrep_core.pointclouds.build import read_pointclouds
 
     say = progress or (lambda msg: None)

@@ -19,8 +19,9 @@ import pandas as pd
 import torch
 
 from cellrep_core.models.config import ModelConfig, variant
+from cellrep_core.models.inference import embed_items, load_model
 from cellrep_core.models.statcell import StatCellVAE
-from cellrep_core.models.train import TrainedModel, embed_items, load_model, train_model
+from cellrep_core.models.train import TrainedModel, train_model
 from cellrep_core.pointclouds.items import CloudItem
 
 # a latent dimension counts as used when its mean KL over cells exceeds this (nats)

@@ -29,7 +29,7 @@ from cellrep_core.metrics.measures import (
     regression_r2,
 )
 from cellrep_core.metrics.rotation import random_rotations, rotation_invariance_error, z90_rotations
-from cellrep_core.models.train import EMBED_DRAWS, device_accelerator, embed_items, embed_points
+from cellrep_core.models.inference import EMBED_DRAWS, device_accelerator, embed_items, embed_points
 from cellrep_core.models.zoo import model_inputs, n_draws
 from cellrep_core.pointclouds.items import CloudItem
 

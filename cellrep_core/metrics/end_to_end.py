@@ -10,7 +10,7 @@ For a few cells and random rotations each:
 - ``turned``: the cell's channels, padded so that nothing leaves the box, rotated about the volume centre
   (``scipy.ndimage.affine_transform``; order 1 for intensities, masks interpolated linearly and thresholded
   at 0.5), written to a temporary file and run through ``pointclouds.build.process_cell`` with the data
-  set's ``SamplingConfig``, then embedded with ``train.embed_items`` (the pipeline's default draws);
+  set's ``SamplingConfig``, then embedded with ``inference.embed_items`` (the pipeline's default draws);
 - ``repeat`` (the noise floor): the same padded, *unturned* cell through the same steps;
 - ``reference``: the cell's own source file as the pipeline processed it;
 - ``shifted``: the padded, unturned cell moved by a random sub-voxel shift, resampled like a turn: what
@@ -49,7 +49,7 @@ from scipy.spatial.transform import Rotation
 from cellrep_core.data.cells import parse_channels
 from cellrep_core.data.images import read_cell_image, write_cell_tiff
 from cellrep_core.metrics.rotation import relative_error
-from cellrep_core.models.train import EMBED_DRAWS, embed_items
+from cellrep_core.models.inference import EMBED_DRAWS, embed_items
 from cellrep_core.pointclouds.build import SamplingConfig, process_cell
 from cellrep_core.pointclouds.items import CloudItem
 

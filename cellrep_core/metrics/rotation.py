@@ -6,7 +6,7 @@ import numpy as np
 from scipy.spatial.distance import pdist
 from scipy.spatial.transform import Rotation
 
-from cellrep_core.models.train import embed_points
+from cellrep_core.models.inference import embed_points
 from cellrep_core.models.zoo import rotate_inputs
 
 

@@ -1,4 +1,5 @@
-"""Training entry point, checkpoints with their config and lineage, loading and embedding."""
+"""Training entry point: versions, splits, checkpoints, resuming, and the record written beside the weights
+(loading and embedding: inference.py; the whitening: whitening.py)."""
 
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, DistributedSampler
 
 from cellrep_core.models.config import ModelConfig
-from cellrep_core.models.module import PointCloudAutoencoder
+from cellrep_core.models.inference import device_accelerator, load_model
 from cellrep_core.models.vn import compiled_edges
-from cellrep_core.models.zoo import build_model, make_dataset, model_class, model_inputs, n_draws
+from cellrep_core.models.whitening import WHITENING_FILE, fit_whitening
+from cellrep_core.models.zoo import build_model, make_dataset, model_class
 from cellrep_core.pointclouds.items import CloudItem
 
 log = logging.getLogger(__name__)
@@ -78,10 +80,6 @@ def data_hash(items: list[CloudItem]) -> str:
 # 5: punctate clouds are drawn from the Gaussian-smoothed (sd 1 voxel) intensity inside a Euclidean-ball
 # dilation of the nucleus, and carry the smoothed intensity (pointclouds/punctate.py): other inputs.
 ARCHITECTURE_VERSION = 5
-# A cell's code is the mean of its codes over this many fixed input draws: each draw is a random subset
-# of the cell's points, and averaging removes that sampling noise (measured on the demo plates: the
-# q-value of the shrink drug 0.05-0.06 with one draw, 0.01-0.02 with eight).
-EMBED_DRAWS = 8
 
 
 def train_precision() -> str:
@@ -112,11 +110,6 @@ def fused_edges_pay_off(cfg: ModelConfig) -> bool:
         and cfg.batch_size * cfg.n_points >= 32768
         and shutil.which("gcc") is not None
     )
-
-
-def device_accelerator() -> str:
-    """``gpu`` when CUDA is available, ``cpu`` otherwise."""
-    return "gpu" if torch.cuda.is_available() else "cpu"
 
 
 MIN_CELLS_FOR_TEST_SPLIT = 40
@@ -382,125 +375,3 @@ class _EpochDraws(L.Callback):
         for obj in (getattr(dl, "dataset", None), getattr(dl, "sampler", None)):
             if obj is not None and hasattr(obj, "set_epoch"):
                 obj.set_epoch(trainer.current_epoch)
-
-
-WHITENING_FILE = "whitening.npz"
-
-
-@dataclass(frozen=True)
-class Whitening:
-    """PCA whitening of a model's invariant codes, fitted on the cells the model was trained on.
-
-    Raw codes have many strongly correlated dimensions (most of them track size), so a cosine similarity
-    over them is dominated by one direction and blind to effects orthogonal to it. Profiling compares
-    cells in the whitened space instead: the training set's principal axes, each scaled to unit variance.
-    The transform depends on the model and its training cells only, never on a plate's labels, so it
-    cannot make a null drug look different from DMSO.
-    """
-
-    mean: np.ndarray
-    components: np.ndarray  # [k, code_dim]
-    scale: np.ndarray  # [k]: 1 / sqrt(explained variance)
-
-    @classmethod
-    def fit(cls, z: np.ndarray, max_axes_fraction: float = 0.25, floor: float = 1e-6) -> Whitening:
-        """Fit on codes ``[n, code_dim]``, keeping the principal axes whose variance is above ``floor``
-        times the largest (the others are numerical noise), at most ``max_axes_fraction`` of the cells
-        (every kept axis is then estimated from several cells) and at least two.
-
-        No variance-fraction cut: a dominant size factor can hold 99 % of the variance, and keeping only
-        its axis would leave a cosine similarity that sees nothing but a sign.
-        """
-        z = np.asarray(z, dtype=np.float64)
-        if len(z) < 8:
-            raise ValueError(f"whitening needs at least 8 cells, got {len(z)}")
-        mean = z.mean(0)
-        _, sv, vt = np.linalg.svd(z - mean, full_matrices=False)
-        var = sv**2 / (len(z) - 1)
-        k = min(int(len(z) * max_axes_fraction), int((var > var[0] * floor).sum()))
-        k = max(k, min(2, len(var)))
-        return cls(mean, vt[:k], 1.0 / np.sqrt(np.maximum(var[:k], 1e-30)))
-
-    def transform(self, z: np.ndarray) -> np.ndarray:
-        """Project codes ``[n, code_dim]`` onto the whitened axes ``[n, k]``."""
-        z = np.asarray(z, dtype=np.float64)
-        if z.shape[-1] != self.mean.shape[0]:
-            raise ValueError(f"codes have {z.shape[-1]} dimensions, the whitening expects {self.mean.shape[0]}")
-        return ((z - self.mean) @ self.components.T * self.scale).astype(np.float32)
-
-
-def fit_whitening(model: PointCloudAutoencoder, items: list[CloudItem], out: Path | None = None) -> Whitening:
-    """Fit (and save to ``out/whitening.npz``) the whitening of ``model``'s codes of ``items``."""
-    w = Whitening.fit(embed_items(model, items))
-    if out is not None:
-        import io
-
-        from cellrep_core.atomic import write_bytes
-
-        buf = io.BytesIO()
-        np.savez(buf, mean=w.mean, components=w.components, scale=w.scale)
-        write_bytes(Path(out) / WHITENING_FILE, buf.getvalue(), "the whitening of a model version",
-                    fault="record_write")
-    return w
-
-
-def load_whitening(path: Path) -> Whitening:
-    """The whitening saved beside a model version's weights."""
-    f = Path(path) / WHITENING_FILE
-    if not f.exists():
-        raise FileNotFoundError(f"{f} is missing: re-run training of this model version to create it")
-    with np.load(f) as d:
-        return Whitening(d["mean"], d["components"], d["scale"])
-
-
-def load_model(path: Path) -> PointCloudAutoencoder:
-    """Rebuild a model from ``config.json`` and ``model.pt`` in a version folder; an unreadable checkpoint raises
-    ``CorruptFileError`` naming it (training that version again replaces it: ``train_model``)."""
-    from cellrep_core.errors import CorruptFileError
-
-    path = Path(path)
-    cfg = ModelConfig.model_validate_json((path / "config.json").read_text())
-    model = build_model(cfg)
-    try:
-        state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-    except FileNotFoundError:
-        raise
-    except Exception as err:  # noqa: BLE001 - torn zip, unpickling error, wrong tensors: all one answer
-        raise CorruptFileError(f"{path / 'model.pt'}: unreadable checkpoint ({type(err).__name__}: {err}); "
-                               "materialize the model asset again: this version is trained again") from err
-    return model.eval()
-
-
-def read_lineage(path: Path) -> dict:
-    """Lineage and training metrics stored beside a checkpoint."""
-    return json.loads((Path(path) / "lineage.json").read_text())
-
-
-@torch.no_grad()
-def embed_points(model: PointCloudAutoencoder, points: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Codes ``[n, code_dim]`` of already-drawn inputs (``[n, N, D]`` points or ``[n, C, S, S, S]`` volumes)."""
-    model.eval()
-    dev = next(model.parameters()).device
-    out = []
-    for s in range(0, len(points), batch_size):
-        x = torch.as_tensor(points[s : s + batch_size], dtype=torch.float32, device=dev)
-        out.append(model(x)["z"].float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.encoder.code_dim), np.float32)
-
-
-def embed_items(
-    model: PointCloudAutoencoder, items: list[CloudItem], batch_size: int = 32, draws: int = EMBED_DRAWS
-) -> np.ndarray:
-    """Invariant codes of cells: the mean over ``draws`` fixed input draws of each cell."""
-    if not items:
-        return np.zeros((0, model.encoder.code_dim), np.float32)
-    from cellrep_core.progress import Progress
-
-    z = np.zeros((len(items), model.encoder.code_dim), np.float64)
-    draws = n_draws(model.cfg, draws)
-    with Progress(f"embedding {len(items)} cells with {model.cfg.name}", draws, unit="draws") as prog:
-        for d in range(draws):
-            z += embed_points(model, np.stack([model_inputs(it, model.cfg, d) for it in items]), batch_size)
-            prog.update()
-    return (z / draws).astype(np.float32)
