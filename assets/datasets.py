@@ -13,7 +13,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from assets.resources import FeatureStoreResource, WarehouseResource
+from assets.resources import GPU_OP_TAGS, FeatureStoreResource, WarehouseResource
 from cellrep_core import datasets, pipeline, statcell
 from cellrep_core.models.config import variant
 from cellrep_core.pointclouds.build import SamplingConfig
@@ -128,6 +128,7 @@ def dataset_train_config(wh, spec: datasets.DatasetSpec, max_epochs: int = 0):
 
 
 @dg.asset(partitions_def=datasets_partitions, group_name="datasets", deps=[dataset_pointclouds], pool="gpu",
+          op_tags=GPU_OP_TAGS,
           kinds={"pytorch"}, automation_condition=dataset_automation(),
           description="A base model trained on the data set's own cells (from scratch, or warm-started from the "
                       "base named at registration); versioned by config and data, lineage in the models table.")
@@ -184,6 +185,7 @@ def dataset_embeddings(context: dg.AssetExecutionContext, config: DatasetEmbedCo
 
 
 @dg.asset(partitions_def=datasets_partitions, group_name="datasets", deps=[dataset_model], pool="gpu",
+          op_tags=GPU_OP_TAGS,
           kinds={"pytorch", "duckdb"},
           description="Benchmark metrics of the data set's model configs (default: its own) on its cells "
                       "(benchmark_metrics, plots under reports/<dataset>/). Not automated: run it when wanted.")
@@ -213,7 +215,7 @@ class StatCellConfig(dg.Config):
 
 
 @dg.asset(partitions_def=datasets_partitions, group_name="datasets", deps=[dataset_cells, dataset_embeddings],
-          pool="gpu", kinds={"pytorch", "duckdb", "lancedb"},
+          pool="gpu", op_tags=GPU_OP_TAGS, kinds={"pytorch", "duckdb", "lancedb"},
           description="Structure given cell shape (seed 003): a reference beta-VAE of the nucleus (and cell) and a "
                       "conditional beta-VAE of the structure given it, with coupling, KL per dimension, a beta sweep "
                       "and generations (statcell_models, statcell_beta_sweep, reports/<dataset>/statcell/), and the "

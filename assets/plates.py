@@ -7,7 +7,7 @@ import time
 import dagster as dg
 import pandas as pd
 
-from assets.resources import FeatureStoreResource, WarehouseResource
+from assets.resources import GPU_OP_TAGS, FeatureStoreResource, WarehouseResource
 from cellrep_core import paths, pipeline, statcell, structures
 from cellrep_core.data.cells import read_manifest
 from cellrep_core.pipeline import PLATES_DATASET
@@ -134,7 +134,7 @@ def pointcloud_check(pid: str | None) -> dg.AssetCheckResult:
 
 
 @dg.asset(partitions_def=plates_partitions, group_name="plates", deps=[plate_pointclouds, BASE_MODEL],
-          pool="gpu", kinds={"pytorch"}, automation_condition=plate_automation(),
+          pool="gpu", op_tags=GPU_OP_TAGS, kinds={"pytorch"}, automation_condition=plate_automation(),
           description="For each structure on the plate, the base model of its base data set (structure_bases, else "
                       f"{BASE_DATASET} or synthetic_punctate by shape type) fine-tuned on that structure's clouds "
                       "(warm start, a bounded number of epochs; CUDA with mixed precision when present); lineage in "

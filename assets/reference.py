@@ -5,7 +5,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.resources import FeatureStoreResource, WarehouseResource
+from assets.resources import GPU_OP_TAGS, FeatureStoreResource, WarehouseResource
 from cellrep_core import paths, pipeline
 from cellrep_core.analysis.representation import SHAPE_FEATURES
 from cellrep_core.pipeline import REFERENCE, ReferenceSpec
@@ -111,7 +111,8 @@ def reference_assets(spec: ReferenceSpec) -> list[dg.AssetsDefinition]:
         context.log.info(f"{ds} point clouds: {res}")
         return dg.MaterializeResult(metadata=_md(res))
 
-    @dg.asset(name=f"{ds}_model", group_name="reference", deps=[clouds], pool="gpu", kinds={"pytorch"},
+    @dg.asset(name=f"{ds}_model", group_name="reference", deps=[clouds], pool="gpu",
+              op_tags=GPU_OP_TAGS, kinds={"pytorch"},
               description=f"Base SO(3) VN-DGCNN autoencoder trained on {ds} (CUDA when present).")
     def model(context: dg.AssetExecutionContext, config: TrainConfig,
               warehouse: WarehouseResource) -> dg.MaterializeResult:
@@ -137,7 +138,8 @@ def reference_assets(spec: ReferenceSpec) -> list[dg.AssetsDefinition]:
         res = pipeline.embed(wh, feature_store.get(), tm, ds, "reference")
         return dg.MaterializeResult(metadata=_md(res))
 
-    @dg.asset(name=f"{ds}_benchmark", group_name="reference", deps=[model], pool="gpu", kinds={"pytorch", "duckdb"},
+    @dg.asset(name=f"{ds}_benchmark", group_name="reference", deps=[model], pool="gpu",
+              op_tags=GPU_OP_TAGS, kinds={"pytorch", "duckdb"},
               description=f"Every benchmark model of {ds} (pipeline.BENCHMARK_MODELS) trained or reused, all "
                           f"benchmark metrics in benchmark_metrics, z-scored polar and bar plots.")
     def bench(context: dg.AssetExecutionContext, config: BenchmarkConfig,

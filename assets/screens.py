@@ -8,7 +8,7 @@ import pandas as pd
 
 from assets.plates import plate_qvalues
 from assets.reference import _png_md
-from assets.resources import FeatureStoreResource, WarehouseResource
+from assets.resources import GPU_OP_TAGS, FeatureStoreResource, WarehouseResource
 from assets.sql_models import sql_automation
 from cellrep_core import paths, pipeline
 from cellrep_core.profiling.screen import SCREEN_NULL_SIZE
@@ -202,7 +202,7 @@ class ShapeModeConfig(dg.Config):
     k: int = 0
 
 
-@dg.asset(group_name="screens", deps=[screen_qvalues], kinds={"duckdb", "pytorch"}, pool="gpu",
+@dg.asset(group_name="screens", deps=[screen_qvalues], kinds={"duckdb", "pytorch"}, pool="gpu", op_tags=GPU_OP_TAGS,
           automation_condition=sql_automation(),
           description="Shape modes of every screen (seed 002): deep embedded clustering (IDEC) of its cells on a "
                       "copy of the base model, each treatment's mean soft assignment and its KL divergence from "

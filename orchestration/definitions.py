@@ -13,6 +13,7 @@ from assets.reference import reference_asset_defs
 from assets.resources import FeatureStoreResource, WarehouseResource
 from assets.screens import screen_asset_defs
 from assets.sql_models import sql_model_assets
+from orchestration.execution import executor
 
 all_assets = [
     *reference_asset_defs,
@@ -26,10 +27,11 @@ all_assets = [
 
 resources = {"warehouse": WarehouseResource(), "feature_store": FeatureStoreResource()}
 
-# Steps of a run execute one after the other in the run's process: a step subprocess (the multiprocess
-# executor's default) spends ~7 s importing torch, escnn and Dagster before it starts, about a third of a
-# 200-cell plate's run on a 2-core machine, and the plate chain is sequential anyway. Runs still go in
-# parallel (one process each) and the "gpu" pool limit still applies to steps.
+# By default the steps of a run execute one after the other in the run's process: a step subprocess (the
+# multiprocess executor's default) spends ~7 s importing torch, escnn and Dagster before it starts, about a third
+# of a 200-cell plate's run on a 2-core machine, and the plate chain is sequential anyway. Runs still go in
+# parallel (one process each) and the "gpu" pool limit still applies to steps. CELLREP_EXECUTOR switches to the
+# multiprocess or the Kubernetes executor (orchestration/execution.py).
 defs = dg.Definitions(assets=all_assets, asset_checks=plate_asset_checks, resources=resources,
-                      executor=dg.in_process_executor, schedules=[feature_store_nightly],
+                      executor=executor(), schedules=[feature_store_nightly],
                       sensors=[landing_plates_sensor, landing_datasets_sensor, plates_automation_sensor])

@@ -169,3 +169,22 @@ def test_fault_spec_and_an_interrupted_atomic_write(tmp_path, monkeypatch):
     monkeypatch.undo()
     atomic.write_text(target, "new")
     assert target.read_text() == "new" and not target.with_name("page.html.tmp").exists()
+
+
+def test_a_table_whose_creation_was_killed_is_absent_until_written(home):
+    """Killed while the first version of a table was written: data files, no manifest. Readers see no table (no
+    error), and the next write creates it whole."""
+    import numpy as np
+    import pandas as pd
+
+    from cellrep_core.store.feature_store import FeatureStore
+
+    data = home / "lancedb" / "cell_embeddings.lance" / "data"
+    data.mkdir(parents=True)
+    (data / "torn.lance").write_bytes(b"partial")
+    fs = FeatureStore()
+    assert fs.table_names() == [] and fs.count() == 0 and len(fs.load()[0]) == 0
+    meta = pd.DataFrame({"cell_id": [f"c{i}" for i in range(12)], "dataset": "d", "plate_id": "", "drug": "",
+                         "structure_name": "", "model_name": "m", "model_version": "v"})
+    fs.upsert(meta, np.ones((12, 4), np.float32))
+    assert fs.table_names() == ["cell_embeddings"] and fs.count() == 12 and fs.readable()

@@ -106,9 +106,15 @@ class FeatureStore:
             raise (self._corrupt(name, err) or err) from err
 
     def table_names(self) -> list[str]:
-        """Embedding tables present (one per vector dimension; ``cell_embeddings`` first)."""
+        """Embedding tables present (one per vector dimension; ``cell_embeddings`` first). A table whose creation
+        never committed (killed while its first version was written: data files, no manifest) is not there yet:
+        readers see no table, and the next write creates it over the leftovers."""
         names = self.db.list_tables().tables if hasattr(self.db, "list_tables") else self.db.table_names()
-        return sorted((n for n in names if n.startswith(TABLE)), key=lambda n: (n != TABLE, n))
+        return sorted((n for n in names if n.startswith(TABLE) and self._committed(n)), key=lambda n: (n != TABLE, n))
+
+    def _committed(self, name: str) -> bool:
+        versions = self.uri / f"{name}.lance" / "_versions"
+        return not versions.parent.exists() or any(versions.glob("*.manifest"))
 
     def table_for_dim(self, dim: int) -> str:
         """The table holding ``dim``-d vectors: ``cell_embeddings`` unless it holds another dimension."""
