@@ -143,9 +143,10 @@ def _progress_to_terminal() -> None:
 
 
 def run_demo(null_size: int = 10000, screen_null_size: int = 100_000, quick: bool = False,
-             screen: dict | None = None) -> None:
+             screen: dict | None = None, reference: bool = True) -> None:
     """Generate the data, materialize every asset (reference, each plate of the demo screen, the screen's
-    q-values, SQL models), print the hits."""
+    q-values, SQL models), print the hits. ``reference=False``: the reference sets are there already; only the
+    plates, the screen and what follows them run again."""
     from cellrep_core.cli import write_synthetic_screen
     from cellrep_core.store.warehouse import Warehouse
 
@@ -171,9 +172,10 @@ def run_demo(null_size: int = 10000, screen_null_size: int = 100_000, quick: boo
             **{f"{ds}_benchmark": {"config": {"models": [n.removesuffix("_demo") + "_tiny" for n in names]}}
                for ds, names in BENCHMARK_MODELS.items()},
         }}
-    print("  materializing reference assets (data, point clouds, base models, embeddings, benchmark) ...")
-    _materialize(inst, dg.AssetSelection.groups("reference"), run_config=run_config)
-    print(f"  ... done in {time.perf_counter() - t0:.0f} s")
+    if reference:
+        print("  materializing reference assets (data, point clouds, base models, embeddings, benchmark) ...")
+        _materialize(inst, dg.AssetSelection.groups("reference"), run_config=run_config)
+        print(f"  ... done in {time.perf_counter() - t0:.0f} s")
     for pid in plate_ids:
         t1 = time.perf_counter()
         _materialize(inst, dg.AssetSelection.groups("plates"), partition_key=pid,

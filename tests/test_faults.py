@@ -6,6 +6,14 @@ import pytest
 from cellrep_core import faultcheck
 
 
+def _meta(prefix: str, version: str, n: int):
+    """Feature-store rows of ``n`` cells ``<prefix>0..`` under one model version."""
+    import pandas as pd
+
+    return pd.DataFrame({"cell_id": [f"{prefix}{i}" for i in range(n)], "dataset": "d", "plate_id": "", "drug": "",
+                         "structure_name": "", "model_name": "m", "model_version": version})
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     work = tmp_path_factory.mktemp("faults")
@@ -14,7 +22,7 @@ def reference(tmp_path_factory):
     return work, manifest, faultcheck.snapshot(work / "reference")
 
 
-@pytest.mark.parametrize("stage", ["point clouds: Parquet rename", "point clouds: DuckDB commit",
+@pytest.mark.parametrize("stage", ["point clouds: Parquet rename",
                                    "training: weights and record written, before model.pt",
                                    "embeddings: during the LanceDB commit"])
 def test_killed_stage_leaves_nothing_partial_and_a_rerun_is_identical(reference, stage):
@@ -24,7 +32,7 @@ def test_killed_stage_leaves_nothing_partial_and_a_rerun_is_identical(reference,
     seen = res["reader_after_kill"]
     if stage.startswith("point clouds"):
         assert seen["cells"] == 10 and seen["pointcloud_index"] == 0  # the index commit never happened
-        assert seen["parquet_rows"] in (None, 10)  # no file, or the whole file: never a part of one
+        assert seen["parquet_rows"] is None and seen["parquet_tmp_left"]  # no file: never a part of one
     if stage.startswith("training"):
         assert seen["models"] == 0 and seen["model_pt"] == 0  # no model.pt without its record, none registered
     if stage.startswith("embeddings"):
@@ -76,15 +84,13 @@ def test_a_torn_lance_data_file_is_named_and_repaired_by_rolling_back_and_writin
     import os
 
     import numpy as np
-    import pandas as pd
 
     from cellrep_core.cli import main as core_main
     from cellrep_core.errors import CorruptFileError
     from cellrep_core.store.feature_store import FeatureStore
 
     def meta(prefix, version):
-        return pd.DataFrame({"cell_id": [f"{prefix}{i}" for i in range(40)], "dataset": "d", "plate_id": "",
-                             "drug": "", "structure_name": "", "model_name": "m", "model_version": version})
+        return _meta(prefix, version, 40)
 
     fs = FeatureStore()
     fs.upsert(meta("a", "v1"), np.ones((40, 8), np.float32))
@@ -112,15 +118,13 @@ def test_a_torn_lance_manifest_is_named_and_repaired_by_moving_it_aside(home, ca
     and the command; `cellrep store repair` moves it aside, the table reads at the version before, and writing
     the lost embeddings again restores it (no duplicate, nothing else lost)."""
     import numpy as np
-    import pandas as pd
 
     from cellrep_core.cli import main as core_main
     from cellrep_core.errors import CorruptFileError
     from cellrep_core.store.feature_store import FeatureStore
 
     def meta(prefix, version):
-        return pd.DataFrame({"cell_id": [f"{prefix}{i}" for i in range(30)], "dataset": "d", "plate_id": "",
-                             "drug": "", "structure_name": "", "model_name": "m", "model_version": version})
+        return _meta(prefix, version, 30)
 
     fs = FeatureStore()
     fs.upsert(meta("a", "v1"), np.ones((30, 8), np.float32))
@@ -175,7 +179,6 @@ def test_a_table_whose_creation_was_killed_is_absent_until_written(home):
     """Killed while the first version of a table was written: data files, no manifest. Readers see no table (no
     error), and the next write creates it whole."""
     import numpy as np
-    import pandas as pd
 
     from cellrep_core.store.feature_store import FeatureStore
 
@@ -184,7 +187,5 @@ def test_a_table_whose_creation_was_killed_is_absent_until_written(home):
     (data / "torn.lance").write_bytes(b"partial")
     fs = FeatureStore()
     assert fs.table_names() == [] and fs.count() == 0 and len(fs.load()[0]) == 0
-    meta = pd.DataFrame({"cell_id": [f"c{i}" for i in range(12)], "dataset": "d", "plate_id": "", "drug": "",
-                         "structure_name": "", "model_name": "m", "model_version": "v"})
-    fs.upsert(meta, np.ones((12, 4), np.float32))
+    fs.upsert(_meta("c", "v", 12), np.ones((12, 4), np.float32))
     assert fs.table_names() == ["cell_embeddings"] and fs.count() == 12 and fs.readable()
