@@ -36,11 +36,11 @@ class FeatureStoreResource(dg.ConfigurableResource):
 
 
 # Steps that train or run a model: on Kubernetes (CELLREP_EXECUTOR=k8s) their pods request one GPU and tolerate
-# the taint GPU node pools usually carry; other executors ignore the tag. The "gpu" pool bounds them either way.
+# the taint GPU node pools usually carry (CPU and memory requests are the deployment's: its run launcher config);
+# other executors ignore the tag. The "gpu" pool bounds them either way.
 GPU_OP_TAGS = {
     "dagster-k8s/config": {
-        "container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"},
-                                           "requests": {"cpu": "4", "memory": "24Gi"}}},
+        "container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}}},
         "pod_spec_config": {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
                                              "effect": "NoSchedule"}]},
     }

@@ -59,17 +59,23 @@ def make_manifest(folder: Path, n: int = 10, seed: int = 6) -> Path:
     return folder / "manifest.csv"
 
 
-def run_stages(home: Path, manifest: Path, fault: str = "") -> int:
-    """Run the pipeline in a fresh process on ``home``; returns its exit code (-9 when the fault killed it)."""
-    env = {**os.environ, "CELLREP_HOME": str(home), "OMP_NUM_THREADS": "1"}
+def _run_script(script: str, args: list[str], fault: str = "", timeout: int = 600, **env_extra: str) -> int:
+    """Run ``script`` in a fresh Python process, killed by ``fault`` (``CELLREP_FAULT``) if given; returns its exit
+    code (-9 when the fault killed it), any other failure raises with the end of its stderr."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env_extra}
     env.pop("CELLREP_FAULT", None)
     if fault:
         env["CELLREP_FAULT"] = fault
-    res = subprocess.run([sys.executable, "-c", STAGES, str(manifest)], env=env, capture_output=True, text=True,
-                         timeout=600)
+    res = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True,
+                         timeout=timeout)
     if res.returncode not in (0, -9):
-        raise RuntimeError(f"stages failed ({res.returncode}): {res.stderr[-3000:]}")
+        raise RuntimeError(f"script failed ({res.returncode}): {res.stderr[-3000:]}")
     return res.returncode
+
+
+def run_stages(home: Path, manifest: Path, fault: str = "") -> int:
+    """Run the pipeline in a fresh process on ``home``; returns its exit code (-9 when the fault killed it)."""
+    return _run_script(STAGES, [str(manifest)], fault, CELLREP_HOME=str(home))
 
 
 def reader_view(home: Path) -> dict:
@@ -146,23 +152,13 @@ REPORT_FAULT = ("reports: a plot being written over an earlier one", "report_wri
 
 
 def _write_report(path: Path, title: str, fault: str = "") -> int:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("CELLREP_FAULT", None)
-    if fault:
-        env["CELLREP_FAULT"] = fault
-    res = subprocess.run([sys.executable, "-c", REPORT_STAGE, str(path), title], env=env, capture_output=True,
-                         text=True, timeout=300)
-    if res.returncode not in (0, -9):
-        raise RuntimeError(f"report failed ({res.returncode}): {res.stderr[-3000:]}")
-    return res.returncode
+    return _run_script(REPORT_STAGE, [str(path), title], fault, timeout=300)
 
 
 def check_report_fault(work: Path) -> dict:
     """Write a plot, then kill the process writing a new version of it between its bytes and the rename: a reader
     sees the earlier plot whole; writing again gives the bytes of a run never killed (every report, plot and
     HTML page goes through ``cellrep_core.atomic``)."""
-    import hashlib
-
     def digest(p: Path) -> str | None:
         return hashlib.sha256(p.read_bytes()).hexdigest() if p.exists() else None
 

@@ -49,15 +49,16 @@ def test_a_model_step_renders_a_pod_that_requests_a_gpu():
                                         get_user_defined_k8s_config(tags), component="step_worker")
         return job.spec.template.spec
 
+    def gpu_limit(spec) -> str | None:
+        res = spec.containers[0].resources or {}
+        limits = res.get("limits") if isinstance(res, dict) else res.limits
+        return (limits or {}).get("nvidia.com/gpu")
+
     for asset in ("plate_model", "synthetic_polymorphic_model", "dataset_model", "synthetic_punctate_benchmark"):
         spec = pod(asset)
-        resources = spec.containers[0].resources
-        limits = resources["limits"] if isinstance(resources, dict) else resources.limits
-        assert limits["nvidia.com/gpu"] == "1", asset
+        assert gpu_limit(spec) == "1", asset
         tolerations = [t if isinstance(t, dict) else t.to_dict() for t in spec.tolerations]
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}.items() <= \
             tolerations[0].items()
         assert spec.containers[0].image == "registry.example/cellrep:1"
-    cells = pod("plate_cells").containers[0].resources
-    assert not cells or "nvidia.com/gpu" not in ((cells.get("limits") if isinstance(cells, dict) else cells.limits)
-                                                 or {})
+    assert gpu_limit(pod("plate_cells")) is None

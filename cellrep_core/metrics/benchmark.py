@@ -93,9 +93,10 @@ def row(metric: str, value: float | None, std: float | None = None, n: int | Non
 
 
 def efficiency_rows(model, test: list[CloudItem], emissions: bool, train_metrics: dict | None,
-                    draws: int = EMBED_DRAWS) -> tuple[list[dict], np.ndarray]:
-    """Parameters, input preparation, inference and per-code time, emissions and training time; returns the
-    rows and the held-out cells' inputs as the model takes them (images rendered, point subsets drawn)."""
+                    draws: int) -> tuple[list[dict], np.ndarray]:
+    """Parameters, input preparation, inference and per-code time (``draws``: the input draws a stored code
+    averages), emissions and training time; returns the rows and the held-out cells' inputs as the model takes
+    them (images rendered, point subsets drawn)."""
     cfg = model.cfg
     rows = [row("n_parameters", n_parameters(model), n=1, note="trainable and frozen parameters")]
     # inputs timed apart from the model: inference time and emissions are the model's forward pass alone
@@ -112,7 +113,6 @@ def efficiency_rows(model, test: list[CloudItem], emissions: bool, train_metrics
     shape = "×".join(str(v) for v in inputs.shape[1:])
     rows.append(row("inference_seconds_per_cell", per_cell, n=len(test),
                     note=f"encoder forward pass on {shape} inputs, {device_accelerator()}, batch 32"))
-    draws = n_draws(cfg, draws)
     rows.append(row("embedding_seconds_per_cell", per_cell * draws + prep * draws, n=len(test),
                     note=f"what a user pays per stored code: {draws} input draws (prepared and encoded) averaged "
                          "into one code (not scored: the same speed as inference_seconds_per_cell)"))
