@@ -94,7 +94,7 @@ def embed_file(path: Path, channels: str = "", shape_type: str = "polymorphic",
     cloud ``.npy`` ``[n, 3]`` (surface points, polymorphic) / ``[n, 4]`` (x, y, z, intensity, punctate)
     in the model's normalised coordinates. Returns (code, model version)."""
     from cellrep_core import pipeline
-    from cellrep_core.models.inference import embed_items, load_model
+    from cellrep_core.models.inference import embed_items, inference_device, load_model
     from cellrep_core.pointclouds.build import SamplingConfig, process_cell
     from cellrep_core.pointclouds.items import CloudItem
 
@@ -122,7 +122,7 @@ def embed_file(path: Path, channels: str = "", shape_type: str = "polymorphic",
     tm = pipeline.model_by_version(wh, model_version) if model_version else pipeline.latest_model(wh, base)
     if tm.config.kind != KIND_OF_SHAPE[shape_type]:
         raise ValueError(f"model {tm.version} is a {tm.config.kind} model; it cannot embed a {shape_type} cell")
-    return embed_items(load_model(tm.path), [item])[0], tm.version
+    return embed_items(load_model(tm.path, inference_device()), [item])[0], tm.version
 
 
 SEARCH_SPACES = ("profiling", "raw")

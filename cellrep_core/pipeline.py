@@ -18,7 +18,7 @@ from cellrep_core.data.features import HANDCRAFTED_FEATURES
 from cellrep_core.ingest import ingest_manifest
 from cellrep_core.metrics.benchmark import benchmark_model
 from cellrep_core.models.config import ModelConfig, get_config, variant
-from cellrep_core.models.inference import embed_items, load_model, read_lineage
+from cellrep_core.models.inference import embed_items, inference_device, load_model, read_lineage
 from cellrep_core.models.train import TrainedModel, train_model
 from cellrep_core.models.whitening import load_whitening
 from cellrep_core.pointclouds.build import SamplingConfig, build_pointclouds, read_pointclouds
@@ -187,7 +187,7 @@ def embed(
     """Embed a partition's cells (of one structure group: ``cell_ids``, ``structure``) with a model version into
     the feature store (upsert, no duplicates)."""
     items = read_pointclouds(paths.pointcloud_path(dataset, partition), cell_ids)
-    model = load_model(tm.path)
+    model = load_model(tm.path, inference_device())
     t0 = time.perf_counter()
     z = embed_items(model, items)
     seconds = time.perf_counter() - t0
@@ -254,7 +254,7 @@ def benchmark(
     lin = read_lineage(tm.path)
     if items is None:
         items = read_pointclouds(paths.pointcloud_path(dataset, partition))
-    model = load_model(tm.path)
+    model = load_model(tm.path, inference_device())
     features = wh.query("SELECT * FROM handcrafted_features WHERE dataset = ?", [dataset])
     cells = cells_of_dataset(wh, dataset)
     stored = {it.cell_id for it in items}

@@ -31,6 +31,29 @@ def test_feature_knn_matches_brute_force():
     assert layer_widths(64, 4) == [64, 64, 128, 256]
 
 
+def test_knn_in_row_blocks_and_under_autocast_builds_the_same_graph():
+    """Blocks of query rows bound the distance matrix's memory without changing the graph, and mixed precision
+    does not reach the distances: the graph of a bf16 training step is the fp32 embedding's."""
+    from cellrep_core.models.vn import knn
+
+    rng = np.random.default_rng(3)
+    pts = torch.from_numpy(rng.normal(size=(3, 200, 3)).astype(np.float32))
+    f = torch.from_numpy(rng.normal(size=(3, 16, 200)).astype(np.float32))
+    full_p, full_f = knn(pts, 10), feature_knn(f, 10)
+    # 3 x 200 entries per row: blocks of 1 and of 7 rows
+    for block in (600, 7 * 600):
+        assert torch.equal(knn(pts, 10, block_entries=block), full_p)
+        assert torch.equal(feature_knn(f, 10, block_entries=block), full_f)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(feature_knn(f, 10), full_f)
+        assert torch.equal(knn(pts, 10), full_p)
+    # the half-precision product alone would build another graph: the autocast guard is what keeps it
+    x = f.transpose(1, 2)
+    half = (x.bfloat16() @ x.transpose(1, 2).bfloat16()).float()
+    d = (x * x).sum(-1)[:, :, None] - 2 * half + (x * x).sum(-1)[:, None, :]
+    assert not torch.equal(d.topk(10, dim=-1, largest=False).indices, full_f)
+
+
 @pytest.mark.parametrize("kind,d", [("punctate", 4), ("sdf", 3)])
 def test_dgcnn_shapes_and_identity_rotation(kind, d):
     torch.manual_seed(0)

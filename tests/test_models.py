@@ -108,6 +108,9 @@ def test_training_writes_versioned_checkpoint_and_reuses_it(tmp_path):
     # weights trained in mixed precision (CUDA) never share a version with fp32 ones
     assert model_version(cfg, data_hash(items), precision="16-mixed") != tm.version
     assert model_version(cfg, data_hash(items), precision="32-true") == tm.version
+    versions = {model_version(cfg, data_hash(items), precision=p, accelerator=a)
+                for p in ("32-true", "16-mixed", "bf16-mixed") for a in ("cpu", "gpu")}
+    assert len(versions) == 6  # fp32 on a GPU is not the CPU's version either
     # a field added later, at its default, leaves every existing version as it was
     from cellrep_core.models.config import variant
 

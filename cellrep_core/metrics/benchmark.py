@@ -23,13 +23,14 @@ from cellrep_core.metrics.measures import (
     latents_and_targets,
     levina_bickel,
     measure_emissions,
+    model_device,
     n_parameters,
     random_pairs,
     reconstruction,
     regression_r2,
 )
 from cellrep_core.metrics.rotation import random_rotations, rotation_invariance_error, z90_rotations
-from cellrep_core.models.inference import EMBED_DRAWS, device_accelerator, embed_items, embed_points
+from cellrep_core.models.inference import EMBED_DRAWS, embed_batch_size, embed_items, embed_points
 from cellrep_core.models.zoo import model_inputs, n_draws
 from cellrep_core.pointclouds.items import CloudItem
 
@@ -112,12 +113,13 @@ def efficiency_rows(model, test: list[CloudItem], emissions: bool, train_metrics
     per_cell = (time.perf_counter() - t0) / max(len(test), 1)
     shape = "×".join(str(v) for v in inputs.shape[1:])
     rows.append(row("inference_seconds_per_cell", per_cell, n=len(test),
-                    note=f"encoder forward pass on {shape} inputs, {device_accelerator()}, batch 32"))
+                    note=f"encoder forward pass on {shape} inputs, {model_device(model)}, "
+                         f"batch {embed_batch_size(model)}"))
     rows.append(row("embedding_seconds_per_cell", per_cell * draws + prep * draws, n=len(test),
                     note=f"what a user pays per stored code: {draws} input draws (prepared and encoded) averaged "
                          "into one code (not scored: the same speed as inference_seconds_per_cell)"))
     if emissions:
-        g, note = measure_emissions(lambda: (embed_points(model, inputs), len(test))[1])
+        g, note = measure_emissions(lambda: (embed_points(model, inputs), len(test))[1], device=model_device(model))
         rows.append(row("emissions_g_co2eq_per_cell", g, n=len(test), note=note))
     else:
         rows.append(row("emissions_g_co2eq_per_cell", None, note="emissions measurement switched off"))
@@ -147,8 +149,9 @@ def reconstruction_rows(model, test: list[CloudItem], test_note: str, pairs: np.
     else:
         rows.append(row("reconstruction_1_minus_iou", None,
                         note="not a signed-distance model" if cfg.kind != "sdf" else "no inside voxels"))
-    ee = evolution_energy(lambda lt, ia: model.decode_latent(lt, eb.take(ia)), model.reconstruction_error,
-                          lat, tgt, pairs)
+    dev = model_device(model)
+    ee = evolution_energy(lambda lt, ia: model.decode_latent(lt.to(dev), eb.take(ia, dev)).float().cpu(),
+                          model.reconstruction_error, lat, tgt, pairs)
     rows.append(row("evolution_energy", ee[0], ee[1], ee[2],
                     f"t = 0.1..0.9 between random pairs of {test_note}; loss: {what}"
                     if ee[2] else "fewer than two distinct held-out cells"))

@@ -116,8 +116,17 @@ class EvalBatch:
     def __len__(self) -> int:
         return len(next(iter(self.batch.values())))
 
-    def take(self, idx: Sequence[int] | np.ndarray | slice) -> dict[str, torch.Tensor]:
-        return {k: v[idx] for k, v in self.batch.items()}
+    def take(self, idx: Sequence[int] | np.ndarray | slice, device: torch.device | None = None
+             ) -> dict[str, torch.Tensor]:
+        """The cells at ``idx``, moved to ``device`` (the model's) when given."""
+        return {k: v[idx] if device is None else v[idx].to(device) for k, v in self.batch.items()}
+
+
+def model_device(model) -> torch.device:
+    """The device a model's parameters are on (its inputs go there; its outputs come back to the CPU); the CPU
+    for a stand-in without parameters."""
+    params = getattr(model, "parameters", None)
+    return next(params()).device if params is not None else torch.device("cpu")
 
 
 def eval_batch(cfg, items: list[CloudItem]) -> EvalBatch:
@@ -132,17 +141,20 @@ def _chunked(fn: Callable[[np.ndarray], torch.Tensor], n: int, chunk: int) -> to
 
 @torch.no_grad()
 def latents_and_targets(model, eb: EvalBatch, chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-    """Canonical-frame latents and targets of every cell of ``eb``."""
+    """Canonical-frame latents and targets of every cell of ``eb``, computed on the model's device in chunks,
+    returned on the CPU."""
     model.eval()
-    lat = _chunked(lambda i: model.latent(eb.take(i)), len(eb), chunk)
-    tgt = _chunked(lambda i: model.target(eb.take(i)), len(eb), chunk)
+    dev = model_device(model)
+    lat = _chunked(lambda i: model.latent(eb.take(i, dev)).float().cpu(), len(eb), chunk)
+    tgt = _chunked(lambda i: model.target(eb.take(i, dev)).float().cpu(), len(eb), chunk)
     return lat, tgt
 
 
 @torch.no_grad()
 def reconstruction(model, eb: EvalBatch, lat: torch.Tensor, tgt: torch.Tensor, chunk: int = 16) -> dict:
     """Per-cell reconstruction error and, for signed-distance outputs, 1 − IoU of the inside (value < 0)."""
-    rec = _chunked(lambda i: model.decode_latent(lat[i], eb.take(i)), len(eb), chunk)
+    dev = model_device(model)
+    rec = _chunked(lambda i: model.decode_latent(lat[i].to(dev), eb.take(i, dev)).float().cpu(), len(eb), chunk)
     err = model.reconstruction_error(rec, tgt).double().numpy()
     out = {"error": err}
     if model.cfg.kind == "sdf":
@@ -218,9 +230,13 @@ def interpolation_distance(
     return float(per_pair.mean()), float(per_pair.std()), int(len(pairs))
 
 
-def measure_emissions(fn: Callable[[], int], min_seconds: float = 2.0) -> tuple[float | None, str]:
+def measure_emissions(fn: Callable[[], int], min_seconds: float = 2.0, device: torch.device | None = None
+                      ) -> tuple[float | None, str]:
     """Grams CO2-eq per cell of ``fn`` (which processes and returns a number of cells), repeated for at
-    least ``min_seconds``: codecarbon's offline tracker, or time × declared power when it cannot run."""
+    least ``min_seconds``: codecarbon's offline tracker, or time × declared power when it cannot run.
+
+    ``device``: where ``fn`` computes. On a CUDA device the tracker follows that device only (its whole power:
+    other processes on it count too); on the CPU a GPU's energy is left out, since the model never used it."""
     def work() -> tuple[int, float]:
         t0, cells = time.perf_counter(), 0
         while True:
@@ -228,6 +244,7 @@ def measure_emissions(fn: Callable[[], int], min_seconds: float = 2.0) -> tuple[
             if time.perf_counter() - t0 >= min_seconds:
                 return cells, time.perf_counter() - t0
 
+    on_gpu = device is not None and device.type == "cuda"
     try:
         import logging
 
@@ -235,9 +252,10 @@ def measure_emissions(fn: Callable[[], int], min_seconds: float = 2.0) -> tuple[
         from codecarbon import __version__ as cc_version
 
         logging.getLogger("codecarbon").setLevel(logging.ERROR)
+        gpu = {"gpu_ids": [device.index or 0]} if on_gpu else {}
         tracker = OfflineEmissionsTracker(
             country_iso_code=CO2_COUNTRY, save_to_file=False, log_level="error", measure_power_secs=1,
-            tracking_mode="process",
+            tracking_mode="process", **gpu,
         )
         tracker.start()
         try:
@@ -245,15 +263,19 @@ def measure_emissions(fn: Callable[[], int], min_seconds: float = 2.0) -> tuple[
         finally:
             kg = tracker.stop()
         d = tracker.final_emissions_data
-        note = (f"codecarbon {cc_version} offline ({CO2_COUNTRY} grid), {d.energy_consumed / cells:.3g} kWh/cell "
-                f"(CPU {d.cpu_power:.1f} W, RAM {d.ram_power:.1f} W, GPU {d.gpu_power:.1f} W), "
-                f"{cells} cells in {seconds:.1f} s")
-        return float(kg) * 1000.0 / max(cells, 1), note
+        counted = d.energy_consumed if on_gpu else d.cpu_energy + d.ram_energy
+        share = counted / d.energy_consumed if d.energy_consumed > 0 else 1.0
+        gpu_note = (f"GPU {d.gpu_power:.1f} W counted (device {device})" if on_gpu
+                    else f"GPU {d.gpu_power:.1f} W not counted: inference on the CPU")
+        note = (f"codecarbon {cc_version} offline ({CO2_COUNTRY} grid), {counted / cells:.3g} kWh/cell "
+                f"(CPU {d.cpu_power:.1f} W, RAM {d.ram_power:.1f} W, {gpu_note}), {cells} cells in {seconds:.1f} s")
+        return float(kg) * share * 1000.0 / max(cells, 1), note
     except ImportError as err:
         cells, seconds = work()
         kwh = seconds * DECLARED_CPU_WATTS / 3.6e6
+        where = "; the GPU's power is not declared, so this counts the CPU only" if on_gpu else ""
         note = (f"codecarbon unavailable ({err}); energy = inference time × declared {DECLARED_CPU_WATTS:.0f} W, "
-                f"× {DECLARED_KG_CO2_PER_KWH} kg CO2/kWh; {kwh / cells:.3g} kWh/cell")
+                f"× {DECLARED_KG_CO2_PER_KWH} kg CO2/kWh; {kwh / cells:.3g} kWh/cell{where}")
         return kwh * DECLARED_KG_CO2_PER_KWH * 1000.0 / max(cells, 1), note
 
 

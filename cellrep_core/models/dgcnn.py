@@ -14,15 +14,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cellrep_core.models.vn import knn
+from cellrep_core.models.vn import knn, topk_rows
 
 
-def feature_knn(f: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices ``[B, N, k]`` of the k nearest neighbours (self included) of ``[B, C, N]`` point features."""
-    x = f.detach().float()
-    sq = (x * x).sum(1)
-    dist = sq.unsqueeze(2) - 2.0 * x.transpose(1, 2) @ x + sq.unsqueeze(1)
-    return dist.topk(k, dim=-1, largest=False).indices
+def feature_knn(f: torch.Tensor, k: int, block_entries: int | None = None) -> torch.Tensor:
+    """Indices ``[B, N, k]`` of the k nearest neighbours (self included) of ``[B, C, N]`` point features.
+
+    Distances in float32 whatever the autocast (a training step under mixed precision and an embedding in
+    fp32 build the same graph), in blocks of query rows (``vn.KNN_BLOCK_ENTRIES``)."""
+    with torch.autocast(f.device.type, enabled=False):
+        return topk_rows(f.detach().float().transpose(1, 2), k, block_entries)
 
 
 def gather_points(f: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, DistributedSampler
 
 from cellrep_core.models.config import ModelConfig
-from cellrep_core.models.inference import device_accelerator, load_model
+from cellrep_core.models.inference import device_accelerator, inference_device, load_model
 from cellrep_core.models.vn import compiled_edges
 from cellrep_core.models.whitening import WHITENING_FILE, fit_whitening
 from cellrep_core.models.zoo import build_model, make_dataset, model_class
@@ -83,19 +83,38 @@ ARCHITECTURE_VERSION = 5
 
 
 def train_precision() -> str:
-    """Lightning precision of a training here: mixed fp16 on CUDA, fp32 otherwise."""
-    return "16-mixed" if torch.cuda.is_available() else "32-true"
+    """Lightning precision of a training here: ``CELLREP_PRECISION`` when set (e.g. ``32-true`` to train a GPU
+    model in fp32); otherwise mixed bf16 on a CUDA device that supports it (fp32's exponent range: no loss
+    scaling), mixed fp16 on older CUDA devices, fp32 on the CPU."""
+    if os.environ.get("CELLREP_PRECISION"):
+        return os.environ["CELLREP_PRECISION"]
+    if not torch.cuda.is_available():
+        return "32-true"
+    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
 
-def model_version(cfg: ModelConfig, dhash: str, parent: str | None = None, precision: str = "32-true") -> str:
-    """Deterministic version from config, data, parent version and training precision: the same inputs give the
-    same version, and weights trained in mixed precision on a GPU never share a version with fp32 ones (fp32, the
-    CPU default, leaves the key as it always was)."""
+def model_version(cfg: ModelConfig, dhash: str, parent: str | None = None, precision: str = "32-true",
+                  accelerator: str = "cpu") -> str:
+    """Deterministic version from config, data, parent version, training precision and accelerator: the same
+    inputs give the same version, and weights trained on a GPU (in mixed precision or not) never share a version
+    with CPU ones (fp32 on the CPU, the default, leaves the key as it always was)."""
     parts = {"cfg": cfg.digest(), "data": dhash, "parent": parent, "arch": ARCHITECTURE_VERSION}
     if precision != "32-true":
         parts["precision"] = precision
+    if accelerator != "cpu":
+        parts["accelerator"] = accelerator
     key = json.dumps(parts, sort_keys=True)
     return f"{cfg.name}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+
+
+def release_accelerator_memory() -> None:
+    """Give the CUDA caching allocator's blocks back after a training, so that the same process (a Dagster step
+    that embeds after training, the gpu-check) starts its next stage with the device's memory free."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def fused_edges_pay_off(cfg: ModelConfig) -> bool:
@@ -296,7 +315,7 @@ def train_model(
     if len(items) < 4:
         raise ValueError(f"model {cfg.name}: need at least 4 cells to train, got {len(items)}")
     dhash = data_hash(items)
-    version = model_version(cfg, dhash, parent.version if parent else None, train_precision())
+    version = model_version(cfg, dhash, parent.version if parent else None, train_precision(), device_accelerator())
     out = Path(models_root) / cfg.name / version
     if not force and (reused := _reuse(cfg, version, out, items)) is not None:
         return reused
@@ -321,8 +340,12 @@ def train_model(
     with _quiet_lightning():
         trainer, ckpt = _trainer(cfg, out, len(train), bool(val), distributed, world, per_item, callbacks)
         t0 = time.perf_counter()
-        with compiled_edges(fused_edges_pay_off(cfg)):
-            trainer.fit(model, train_dl, val_dl, ckpt_path=resume)
+        try:
+            with compiled_edges(fused_edges_pay_off(cfg)):
+                trainer.fit(model, train_dl, val_dl, ckpt_path=resume)
+        finally:
+            model.cpu()
+            release_accelerator_memory()
     seconds = time.perf_counter() - t0
     if rank != 0:  # rank 0 writes the version folder
         return TrainedModel(cfg.name, version, out, cfg, {})
@@ -352,7 +375,8 @@ def train_model(
     }
     _write_record(out, cfg, version, parent, dhash, train, val, test, metrics, lineage)
     _commit_weights(tmp, out)
-    fit_whitening(model, items, out)
+    fit_whitening(model.to(inference_device()), items, out)  # embeds every cell: on the GPU when there is one
+    model.cpu()
     log.info("trained %s in %.1fs", version, seconds)
     return TrainedModel(cfg.name, version, out, cfg, metrics)
 
