@@ -92,6 +92,11 @@ bench-ticks: $(STAMP)
 bench-screen: $(STAMP)
 	$(PY) benchmarks/bench_screen.py --home $(CURDIR)/.cellrep-bench-screen
 
+# what a machine with a GPU runs first (< 5 min): every model family trains, resumes, fine-tunes, embeds and is
+# benchmarked on CUDA, GPU codes against CPU codes, paper-size step memory; CUDA parts skipped on a CPU
+gpu-check: $(STAMP)
+	$(PY) -m cellrep_core.gpucheck
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

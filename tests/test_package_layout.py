@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("services and analyses", ("cellrep_core.analysis", "cellrep_core.ingest", "cellrep_core.datasets",
                                "cellrep_core.structures", "cellrep_core.registry", "cellrep_core.pipeline",
                                "cellrep_core.statcell", "cellrep_core.sqlmodels", "cellrep_core.faultcheck",
-                               "cellrep_core.cli")),
+                               "cellrep_core.gpucheck", "cellrep_core.cli")),
     ("Dagster definitions", ("assets",)),
     ("runtime", ("orchestration",)),
 ]
