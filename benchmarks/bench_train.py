@@ -2,10 +2,11 @@
 
 Paper configuration (``punctate_paper``): batch 32, 2,048 points with intensity (4-d input), k = 20,
 hidden 64, latent 256, FoldingNet (plane) decoder, Chamfer loss; one step = forward + backward + Adam
-step. The published layer runs at batch 8 by default (``--ref-batch``): at 32 its materialised edge
-tensors would need about 30 GB here. Each model runs in its own subprocess (so that peak memory is its
+step. The published layer runs at the same batch by default (``--ref-batch``; its materialised edge
+tensors take about 11 GB at 32). Each model runs in its own subprocess (so that peak memory is its
 own): one warm-up step (it includes ``torch.compile``'s compilation of the fused edge kernels), then the
-median of ``--steps`` timed steps. CUDA when available (fp16 autocast with a gradient scaler, peak =
+median of ``--steps`` timed steps. CUDA when available (the training's precision: bf16 autocast, or fp16 with a
+gradient scaler on devices without bf16; peak =
 ``max_memory_allocated``), CPU otherwise (peak = the process's maximum resident set).
 
 Models:
@@ -21,7 +22,8 @@ Models:
   decoder and loss as ours.
 
 Run: ``make bench-train`` (or ``python benchmarks/bench_train.py [--quick] [--steps N]``). The last line
-is ``vn_dgcnn_samples_per_s=<x> dgcnn_samples_per_s=<y>``.
+is ``vn_dgcnn_samples_per_s=<x> dgcnn_samples_per_s=<y> vn_speed_vs_published=<x> vn_peak_memory_vs_published=<y>``
+(the ratios against the published layer measured in the same run).
 """
 
 from __future__ import annotations
@@ -133,7 +135,11 @@ def measure(name: str, batch: int, steps: int) -> dict:
     dev = torch.device("cuda" if cuda else "cpu")
     model = build(name, batch).to(dev).train()
     opt = torch.optim.Adam(model.parameters(), lr=2e-4)
-    scaler = torch.amp.GradScaler("cuda", enabled=cuda)
+    from cellrep_core.models.train import train_precision
+
+    # the training's precision: bf16 autocast where CUDA supports it, fp16 with a gradient scaler otherwise
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(train_precision())
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     cfg = get_config("punctate_paper")
     gen = torch.Generator().manual_seed(0)
     pts = torch.randn(batch, cfg.n_points, 4, generator=gen)
@@ -144,7 +150,7 @@ def measure(name: str, batch: int, steps: int) -> dict:
         if cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        with torch.autocast(dev.type, dtype=torch.float16, enabled=cuda):
+        with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             loss = model.per_item_loss(data).mean()
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -179,14 +185,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=None, help="batch size (default 32, 4 with --quick)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps after the warm-up (default 2, 1 quick)")
     ap.add_argument("--ref-batch", type=int, default=None,
-                    help="batch of the published layer (default 8: at 32 its materialised edges need "
-                         "about 30 GB here; its samples/s barely depends on the batch, memory does)")
+                    help="batch of the published layer (default: the same batch; its materialised edges take "
+                         "about 11 GB at 32)")
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ", ".join(MODELS))
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one model, print JSON
     args = ap.parse_args()
     batch = args.batch or (4 if args.quick else 32)
     steps = args.steps or (1 if args.quick else 2)
-    ref_batch = min(batch, args.ref_batch or 8)
+    ref_batch = args.ref_batch or batch
     if args.one:
         print(json.dumps(measure(args.one, batch, steps)))
         return
@@ -207,13 +213,17 @@ def main() -> None:
               f"(steps {', '.join(f'{t:.1f}' for t in r['step_s'])} s; warm-up {r['warmup_s']:.1f} s), "
               f"peak {r['peak_gb']:.2f} GB, {r['params'] / 1e6:.2f} M parameters", flush=True)
     ref = res.get("published_vn")
+    ratios = {}
     for name in ("vn_dgcnn", "dgcnn"):
         if ref and name in res:
-            print(f"{name} / published_vn: speed x{res[name]['samples_per_s'] / ref['samples_per_s']:.2f}, "
-                  f"peak memory x{res[name]['peak_gb'] / ref['peak_gb']:.2f}")
+            ratios[name] = (res[name]["samples_per_s"] / ref["samples_per_s"], res[name]["peak_gb"] / ref["peak_gb"])
+            print(f"{name} / published_vn (batch {res[name]['batch']} / {ref['batch']}): speed "
+                  f"x{ratios[name][0]:.2f}, peak memory x{ratios[name][1]:.2f}")
     vn_s = res["vn_dgcnn"]["samples_per_s"] if "vn_dgcnn" in res else float("nan")
     dg_s = res["dgcnn"]["samples_per_s"] if "dgcnn" in res else float("nan")
-    print(f"vn_dgcnn_samples_per_s={vn_s:.3f} dgcnn_samples_per_s={dg_s:.3f}")
+    speed, mem = ratios.get("vn_dgcnn", (float("nan"), float("nan")))
+    print(f"vn_dgcnn_samples_per_s={vn_s:.3f} dgcnn_samples_per_s={dg_s:.3f} vn_speed_vs_published={speed:.2f} "
+          f"vn_peak_memory_vs_published={mem:.2f}")
 
 
 if __name__ == "__main__":

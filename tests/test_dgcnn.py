@@ -140,3 +140,21 @@ def test_emd_config_trains_and_missing_geomloss_fails_at_build(monkeypatch):
     monkeypatch.setitem(sys.modules, "geomloss", None)
     with pytest.raises(ImportError, match="geomloss"):
         PointCloudAutoencoder(get_config("punctate_tiny", loss="emd").model_dump())
+
+
+def test_blocked_chamfer_equals_the_full_distance_matrix_in_value_and_gradient():
+    """The Chamfer loss finds neighbours in blocks without gradients and measures the distances to them directly:
+    the value and gradient of the minimum over the full ``[B, N, M]`` matrix (the reference), in float64."""
+    from cellrep_core.models.losses import chamfer_distance, nearest_index
+
+    torch.manual_seed(0)
+    a = torch.randn(3, 300, 4, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, 410, 4, dtype=torch.float64, requires_grad=True)
+    d = torch.cdist(a, b).pow(2)
+    ref = d.min(dim=2).values.mean(dim=1) + d.min(dim=1).values.mean(dim=1)
+    got = chamfer_distance(a, b)
+    assert torch.allclose(got, ref, rtol=0, atol=1e-12)
+    for g, r in zip(torch.autograd.grad(got.sum(), (a, b)), torch.autograd.grad(ref.sum(), (a, b)), strict=True):
+        assert torch.allclose(g, r, rtol=0, atol=1e-12)
+    # blocks of one row and of many give the same neighbours
+    assert torch.equal(nearest_index(a, b, block_entries=3 * 410), nearest_index(a, b))

@@ -10,10 +10,33 @@ import torch
 EMD_P, EMD_BLUR, EMD_SCALING = 1, 0.01, 0.5
 
 
+# Distance entries per block when ``nearest_index`` searches (64 MiB in float32).
+NEAREST_BLOCK_ENTRIES = 2**24
+
+
+@torch.no_grad()
+def nearest_index(a: torch.Tensor, b: torch.Tensor, block_entries: int = NEAREST_BLOCK_ENTRIES) -> torch.Tensor:
+    """Index ``[B, N]`` into ``b [B, M, D]`` of each point of ``a [B, N, D]``'s nearest neighbour, searched in
+    blocks of ``a``'s rows (at most ``block_entries`` distances at once), without gradients."""
+    bsz, n, _ = a.shape
+    rows = max(1, block_entries // max(bsz * b.shape[1], 1))
+    return torch.cat([torch.cdist(a[:, s : s + rows], b).argmin(dim=2) for s in range(0, n, rows)], dim=1)
+
+
+def _gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    return torch.gather(x, 1, idx.unsqueeze(-1).expand(*idx.shape, x.shape[-1]))
+
+
 def chamfer_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Symmetric Chamfer distance (mean squared nearest-neighbour distance both ways), per batch item."""
-    d = torch.cdist(a, b).pow(2)
-    return d.min(dim=2).values.mean(dim=1) + d.min(dim=1).values.mean(dim=1)
+    """Symmetric Chamfer distance (mean squared nearest-neighbour distance both ways), per batch item.
+
+    The nearest neighbours are found without gradients in bounded blocks (``nearest_index``), and the squared
+    distances to them are computed directly from the coordinates: the same value and gradient as the minimum of
+    the full ``[B, N, M]`` distance matrix (whose gradient flows only through each minimum), without keeping that
+    matrix (0.5 GB at the paper's batch 32 x 2,048 points) for the backward pass."""
+    da = (a - _gather_rows(b, nearest_index(a, b))).pow(2).sum(-1)
+    db = (b - _gather_rows(a, nearest_index(b, a))).pow(2).sum(-1)
+    return da.mean(dim=1) + db.mean(dim=1)
 
 
 def emd_available() -> bool:

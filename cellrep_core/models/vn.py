@@ -24,9 +24,10 @@ EPS = 1e-6
 
 
 # Distance entries computed at once by ``knn`` / ``feature_knn``: queries go in blocks of rows so that a
-# block holds at most this many (2 GiB in float64). The whole ``[B, N, N]`` matrix of the paper's SDF config
-# (batch 32 x 8,192 points) would be 2.1e9 entries, 17 GB in float64 and about twice that with temporaries.
-KNN_BLOCK_ENTRIES = 2**28
+# block holds at most this many (128 MiB in float64). The whole ``[B, N, N]`` matrix of the paper's SDF config
+# (batch 32 x 8,192 points) would be 2.1e9 entries, 17 GB in float64 and about twice that with temporaries;
+# the punctate paper config's (2,048 points) 1.1 GB, and 3 GB with temporaries, of a training step's peak.
+KNN_BLOCK_ENTRIES = 2**24
 
 
 def topk_rows(x: torch.Tensor, k: int, block_entries: int | None = None) -> torch.Tensor:
